@@ -1,0 +1,1 @@
+"""What uses the telemetry library: the morphogenetic host and environment, policies, experiments."""

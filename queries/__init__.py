@@ -1,0 +1,1 @@
+"""Packaged SQL query library (installed as telemetry.queries)."""

@@ -1,0 +1,94 @@
+"""Activation statistics from forward hooks that are live during the validation pass only.
+
+Hooks on every training step cost 15-95% of a step elsewhere; on validation they cost a share of a
+pass that is cheaper already. The zero share is measured as outputs <= 0, which is exactly the share
+a following ReLU zeroes (and the exact zero share after a ReLU); a unit (channel) counts as dead
+when it is positive in under 1% of its outputs, and the layer's dead-unit share is reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from telemetry.feature_schema import FeatureSpec
+from telemetry.layers import feature_key
+from telemetry.probes.probe import Probe, ProbeContext, StepInfo, Value, none_if
+
+DEAD_UNIT_ACTIVE_SHARE = 0.01  # SageMaker Debugger's dead-ReLU threshold
+
+
+class ActivationProbe(Probe):
+    group = "activations"
+
+    def __init__(self, ctx: ProbeContext) -> None:
+        super().__init__(ctx)
+        self.keys = [feature_key(name) for name, _ in ctx.layers]
+        self.active = False
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.reset()
+
+    def features(self) -> list[FeatureSpec]:
+        s = self.spec
+        out = []
+        for k in self.keys:
+            out += [
+                s(f"act_mean_{k}", f"mean of {k}'s outputs over the validation pass", "activation"),
+                s(f"act_std_{k}", f"std of {k}'s outputs over the validation pass", "activation"),
+                s(f"act_zero_frac_{k}", f"share of {k}'s outputs <= 0 (zeroed by a following ReLU)", "fraction"),
+                s(f"act_dead_unit_frac_{k}", f"share of {k}'s channels positive in < 1% of outputs", "fraction"),
+            ]
+        return out
+
+    def attach(self) -> None:
+        for i, (_, module) in enumerate(self.ctx.layers):
+            self._handles.append(module.register_forward_hook(self._hook(i)))
+
+    def _hook(self, i: int):
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            if self.active and torch.is_tensor(output):
+                self._accumulate(i, output.detach())
+        return hook
+
+    def _accumulate(self, i: int, out: torch.Tensor) -> None:
+        x = out.float()
+        stats = torch.stack([x.sum(), (x * x).sum(), (x <= 0).sum().float()]).double()
+        channels = (x > 0).sum(dim=[d for d in range(x.dim()) if d != 1]) if x.dim() >= 2 else (x > 0).sum().reshape(1)
+        if self._stats[i] is None:
+            self._stats[i], self._positive[i] = stats, channels.double()
+        else:
+            self._stats[i] += stats
+            self._positive[i] += channels
+        self._n[i] += x.numel()
+
+    def payload(self, probe_batch: object) -> list[torch.Tensor]:
+        out = []
+        for i in range(len(self.keys)):
+            if self._stats[i] is None:
+                out.append(torch.zeros(4, dtype=torch.float64))
+                continue
+            per_channel = self._n[i] / self._positive[i].numel()
+            dead = (self._positive[i] / per_channel < DEAD_UNIT_ACTIVE_SHARE).double().mean()
+            out.append(torch.cat([self._stats[i], dead.reshape(1)]))
+        return out
+
+    def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
+        row: list[Value] = []
+        for i, (s1, s2, nonpos, dead) in enumerate(host.reshape(-1, 4)):
+            n = self._n[i]
+            mean = s1 / max(n, 1)
+            std = np.sqrt(max(s2 / max(n, 1) - mean * mean, 0.0))
+            row += [none_if(n == 0, v) for v in (mean, std, nonpos / max(n, 1), dead)]
+        return row
+
+    def reset(self) -> None:
+        n = len(self.keys)
+        self._stats: list[torch.Tensor | None] = [None] * n
+        self._positive: list[torch.Tensor | None] = [None] * n
+        self._n = [0] * n
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

@@ -1,0 +1,84 @@
+"""Sharpness: how much the loss rises under small random, filter-normalised weight perturbations.
+
+Each sample draws a Gaussian direction, rescales it filter by filter to the norm of the weights it
+perturbs (Li et al., 2018; 1-D parameters such as biases and norm scales are left unperturbed), adds
+`perturbation_scale` times it, and measures the loss on a fixed probe batch in eval mode. Weights are
+restored from a copy (bit-exact), eval mode leaves batch-norm statistics alone, and the noise comes
+from a private generator so the training RNG stream is untouched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from telemetry.feature_schema import FeatureSpec
+from telemetry.probes.probe import Probe, ProbeContext, StepInfo, Value, none_if
+
+
+class LossLandscapeProbe(Probe):
+    group = "loss_landscape"
+
+    def __init__(self, ctx: ProbeContext, seed: int = 0) -> None:
+        super().__init__(ctx)
+        self.cfg = ctx.config.loss_landscape
+        self.seed = seed
+        self._step = 0
+
+    def features(self) -> list[FeatureSpec]:
+        s, k = self.spec, self.cfg.perturbation_samples
+        return [
+            s("probe_loss", "loss on the fixed probe batch, eval mode, unperturbed", "nats"),
+            s("sharpness_mean", f"mean loss increase over {k} filter-normalised perturbations", "nats"),
+            s("sharpness_max", f"largest loss increase over {k} filter-normalised perturbations", "nats"),
+        ]
+
+    def payload(self, probe_batch: tuple[torch.Tensor, torch.Tensor] | None) -> list[torch.Tensor]:
+        self._step += 1
+        if probe_batch is None:
+            return [torch.full((3,), float("nan"))]
+        return [sharpness(self.ctx.model, probe_batch, self.cfg.perturbation_samples,
+                          self.cfg.perturbation_scale, seed=self.seed * 1_000_003 + self._step)]
+
+    def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
+        missing = bool(np.isnan(host).all())
+        return [none_if(missing, v) for v in host]
+
+
+@torch.no_grad()
+def sharpness(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], samples: int, scale: float,
+              seed: int) -> torch.Tensor:
+    """[base loss, mean increase, max increase] as one device tensor; the model is left bit-exact."""
+    x, y = batch
+    params = [p for p in model.parameters()]
+    saved = [p.detach().clone() for p in params]
+    modes = {m: m.training for m in model.modules()}
+    device = params[0].device if params else x.device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    model.eval()
+    try:
+        base = F.cross_entropy(model(x), y)
+        increases = []
+        for _ in range(samples):
+            for p, w in zip(params, saved, strict=True):
+                if p.dim() > 1:
+                    p.add_(_filter_normalised(w, gen), alpha=scale)
+            increases.append(F.cross_entropy(model(x), y) - base)
+            for p, w in zip(params, saved, strict=True):
+                p.copy_(w)
+        inc = torch.stack(increases)
+        return torch.stack([base, inc.mean(), inc.max()]).double()
+    finally:
+        for p, w in zip(params, saved, strict=True):
+            p.copy_(w)
+        for m, training in modes.items():
+            m.training = training
+
+
+def _filter_normalised(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    d = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
+    dims = tuple(range(1, w.dim()))
+    norm = torch.linalg.vector_norm
+    return d * (norm(w, dim=dims, keepdim=True) / norm(d, dim=dims, keepdim=True).clamp(min=1e-12))
