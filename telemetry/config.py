@@ -108,6 +108,11 @@ def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML safely; a syntax error names the source, line and column."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(f"{where}: unsupported YAML tag (only plain YAML values are accepted): "
+                          f"{_tag(exc.problem)}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -115,6 +120,12 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def _tag(problem: str | None) -> str:
+    """The offending tag from PyYAML's 'could not determine a constructor for the tag X'."""
+    match = re.search(r"tag '?([^' ]+)'?", problem or "")
+    return match.group(1).replace("tag:yaml.org,2002:", "!!") if match else "unknown tag"
 
 
 def _profiles() -> dict[str, dict[str, Any]]:

@@ -27,11 +27,11 @@ class LossLandscapeProbe(Probe):
         self._step = 0
 
     def features(self) -> list[FeatureSpec]:
-        s, k = self.spec, self.cfg.perturbation_samples
+        s = self.spec
         return [
             s("probe_loss", "loss on the fixed probe batch, eval mode, unperturbed", "nats"),
-            s("sharpness_mean", f"mean loss increase over {k} filter-normalised perturbations", "nats"),
-            s("sharpness_max", f"largest loss increase over {k} filter-normalised perturbations", "nats"),
+            s("sharpness_mean", "mean loss increase under filter-normalised random perturbations", "nats"),
+            s("sharpness_max", "largest loss increase under filter-normalised random perturbations", "nats"),
         ]
 
     def payload(self, probe_batch: tuple[torch.Tensor, torch.Tensor] | None) -> list[torch.Tensor]:
