@@ -20,8 +20,10 @@ SeedSlots = Callable[[], dict[str, "nn.Module | None"]]
 
 def feature_key(name: str) -> str:
     """A SQL-safe identifier fragment for a module or slot name (`blocks.0.conv` -> `blocks_0_conv`)."""
+    if not name:
+        return "root"  # the model itself, when it owns parameters directly (a bare nn.Linear)
     key = re.sub(r"[^0-9a-zA-Z_]", "_", name).lower()
-    return key if key and not key[0].isdigit() else f"m_{key}"
+    return key if not key[0].isdigit() else f"m_{key}"
 
 
 def seed_slot_names(model: nn.Module) -> list[str]:
@@ -43,7 +45,7 @@ def resolve_layers(model: nn.Module, layers: list[str] | str) -> list[tuple[str,
     modules = dict(model.named_modules())
     slot_prefixes = _slot_prefixes(model)
     if layers == "all":
-        found = [(n, m) for n, m in modules.items() if n and not _inside(n, slot_prefixes) and _owns_parameters(m)]
+        found = [(n, m) for n, m in modules.items() if not _inside(n, slot_prefixes) and _owns_parameters(m)]
         if not found:
             raise SchemaError("gradients.layers = 'all' matched no module that owns parameters")
         return found

@@ -62,16 +62,23 @@ class DiagnosticTracker:
     @contextmanager
     def validating(self) -> Iterator[None]:
         """Activation hooks record only inside this block (the validation pass)."""
+        with self._activation_capture(True):
+            yield
+
+    @contextmanager
+    def _activation_capture(self, active: bool) -> Iterator[None]:
         acts = [p for p in self.probes if isinstance(p, ActivationProbe)]
+        before = [p.active for p in acts]
         for p in acts:
-            p.active = True
+            p.active = active
         try:
             yield
         finally:
-            for p in acts:
-                p.active = False
+            for p, was in zip(acts, before, strict=True):
+                p.active = was
 
-    def val_batch(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
+    def val_batch(self, logits: torch.Tensor, targets: torch.Tensor,
+                  inputs: torch.Tensor | None = None) -> None:
         """Record one validation batch; the first `inputs` seen become the fixed sharpness probe batch."""
         logits = logits.detach()
         losses = F.cross_entropy(logits.float(), targets, reduction="none")
@@ -90,7 +97,8 @@ class DiagnosticTracker:
         """Close the decision step: one device-to-host transfer, then the row, in schema order."""
         info = StepInfo(epoch=self._epoch if epoch is None else epoch, global_step=self._global_step,
                         seed=seed or SeedStatus(available_slots=self._free_slots()))
-        host = self._transfer([p.payload(self._probe_batch) for p in self.probes])
+        with self._activation_capture(False):  # the sharpness probe's forwards are not validation
+            host = self._transfer([p.payload(self._probe_batch) for p in self.probes])
         values: list[Any] = []
         for probe, part in zip(self.probes, host, strict=True):
             values.extend(probe.finish(part, info))
@@ -103,7 +111,8 @@ class DiagnosticTracker:
         """Concatenate all probes' tensors on one device, copy once, and split per probe."""
         flat = [t.reshape(-1) for part in payloads for t in part]
         device = next((t.device for t in flat if t.device.type != "cpu"), torch.device("cpu"))
-        joined = torch.cat([t.to(device=device, dtype=torch.float64) for t in flat]) if flat else torch.zeros(0)
+        joined = (torch.cat([t.to(device=device, dtype=torch.float64) for t in flat]) if flat
+                  else torch.zeros(0))
         host = joined.to("cpu").numpy()
         sizes = [sum(t.numel() for t in part) for part in payloads]
         return np.split(host, np.cumsum(sizes)[:-1])

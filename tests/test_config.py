@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pydantic
 import pytest
 
 from telemetry.config import TelemetryConfig, load_config, parse_assignment, profile_names
@@ -109,5 +110,5 @@ def test_missing_override_file(tmp_path):
 def test_configs_are_immutable_and_round_trip():
     cfg = load_config("research")
     assert TelemetryConfig.model_validate(cfg.model_dump()) == cfg
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.history_length = 7  # type: ignore[misc]

@@ -122,3 +122,8 @@ def test_manifest_form_round_trips():
 def test_select_unknown_feature_is_an_error():
     with pytest.raises(SchemaError, match="not in this schema: nope"):
         schema("minimal").select(["epoch", "nope"])
+
+
+def test_a_bare_module_is_its_own_layer():
+    s = build_feature_schema(load_config("standard", overrides=["gradients.layers=all"]), nn.Linear(3, 2), 2)
+    assert "grad_norm_root" in s.names

@@ -21,7 +21,10 @@ __all__ = ["Probe", "ProbeContext", "StepInfo", "build_probes"]
 
 def build_probes(config: TelemetryConfig, model: nn.Module, num_classes: int, seed: int = 0) -> list[Probe]:
     """The enabled probes, in the schema's fixed group order. Builds no hooks and no device state."""
-    layers = resolve_layers(model, config.gradients.layers)
+    # Only the gradient, weight-norm and activation probes read layers; a profile without them (minimal)
+    # must not require the model to have any.
+    needs_layers = config.gradients.enabled or config.track_weight_norms or config.track_activation_stats
+    layers = resolve_layers(model, config.gradients.layers) if needs_layers else []
     check_unique_keys([name for name, _ in layers], "layers")
     slots = seed_slot_names(model)
     check_unique_keys(slots, "seed slots")

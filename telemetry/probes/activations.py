@@ -36,8 +36,10 @@ class ActivationProbe(Probe):
             out += [
                 s(f"act_mean_{k}", f"mean of {k}'s outputs over the validation pass", "activation"),
                 s(f"act_std_{k}", f"std of {k}'s outputs over the validation pass", "activation"),
-                s(f"act_zero_frac_{k}", f"share of {k}'s outputs <= 0 (zeroed by a following ReLU)", "fraction"),
-                s(f"act_dead_unit_frac_{k}", f"share of {k}'s channels positive in < 1% of outputs", "fraction"),
+                s(f"act_zero_frac_{k}", f"share of {k}'s outputs <= 0 (zeroed by a following ReLU)",
+                  "fraction"),
+                s(f"act_dead_unit_frac_{k}", f"share of {k}'s channels positive in < 1% of outputs",
+                  "fraction"),
             ]
         return out
 
@@ -54,7 +56,10 @@ class ActivationProbe(Probe):
     def _accumulate(self, i: int, out: torch.Tensor) -> None:
         x = out.float()
         stats = torch.stack([x.sum(), (x * x).sum(), (x <= 0).sum().float()]).double()
-        channels = (x > 0).sum(dim=[d for d in range(x.dim()) if d != 1]) if x.dim() >= 2 else (x > 0).sum().reshape(1)
+        if x.dim() >= 2:
+            channels = (x > 0).sum(dim=[d for d in range(x.dim()) if d != 1])
+        else:
+            channels = (x > 0).sum().reshape(1)
         if self._stats[i] is None:
             self._stats[i], self._positive[i] = stats, channels.double()
         else:

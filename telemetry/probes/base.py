@@ -46,7 +46,8 @@ class BaseProbe(Probe):
               "epochs", "int32"),
             s("best_val_accuracy", "best val_accuracy so far", "%"),
             s("best_val_loss", "lowest val_loss so far", "nats"),
-            *[s(f"val_loss_lag{k}", f"val_loss {k} epochs ago (null before the first epoch)", "nats") for k in lags],
+            *[s(f"val_loss_lag{k}", f"val_loss {k} epochs ago (null before the first epoch)", "nats")
+              for k in lags],
             *[s(f"val_accuracy_lag{k}", f"val_accuracy {k} epochs ago (null before the first epoch)", "%")
               for k in lags],
             s("has_active_seed", "1 if a seed is live in a slot", "bool", "int32"),
@@ -62,7 +63,8 @@ class BaseProbe(Probe):
             self._sums = torch.zeros(4, dtype=torch.float64, device=like.device)
         return self._sums
 
-    def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, batch: int) -> None:
+    def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                    batch: int) -> None:
         sums = self._state(loss)
         n = targets.shape[0]
         sums[0] += loss.detach().double() * n

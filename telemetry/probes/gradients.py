@@ -5,19 +5,22 @@ Per batch the tracked gradients are concatenated once and reduced per layer with
 the layer count, and no host synchronisation. Each statistic is averaged over the step's batches and
 the norm's maximum kept, so a row never describes the last batch only.
 
-Percentiles and histograms of |g| come from a sample: each batch draws `sample_size / 16` elements
-per layer (every element when the layer is smaller than that), and a batch-level reservoir keeps 16
-batches chosen uniformly from the step, so the pooled sample weights every batch of the step equally.
+Percentiles and histograms of |g| come from a pool of `sample_size` positions per layer, 16 blocks of
+`sample_size / 16`. Each of the step's first 16 batches fills one block (every element of a layer no
+larger than a block, else uniform draws); from batch b > 16 on, every position is replaced
+independently with probability 1/b by a fresh draw from batch b. Each position thus comes from a
+uniformly chosen batch of the step, independently of the others: no batch is kept or dropped whole
+(which, when batches differ, is far outside the bound below), and every batch weighs the same.
 With n pooled elements the reported q-th percentile lies between the true (q - e)-th and (q + e)-th
 percentiles of the step's pooled |g| with probability at least 1 - d, where
 e = 100 * sqrt(ln(2 / d) / (2 n)) (Dvoretzky-Kiefer-Wolfowitz); for n = 65,536 and d = 1e-6,
-e = 1.05 percentile points. Layers no larger than the per-batch sample are measured exactly.
+e = 1.05 percentile points. Layers no larger than a block are measured exactly while the step has at
+most 16 batches (beyond that, block position o still holds element o, from a uniformly chosen batch).
 """
 
 from __future__ import annotations
 
 import math
-import random
 
 import numpy as np
 import torch
@@ -56,7 +59,7 @@ class GradientProbe(Probe):
         self.keys = [feature_key(name) for name, _ in ctx.layers]
         self.sampling = bool(cfg.percentiles) or cfg.full_histogram
         self.per_batch_sample = max(1, cfg.sample_size // RESERVOIR_BATCHES)
-        self._rng = random.Random(seed)
+        self._rng = np.random.default_rng(seed)
         self._gen: torch.Generator | None = None
         self._seed = seed
         self._cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -66,32 +69,39 @@ class GradientProbe(Probe):
     def features(self) -> list[FeatureSpec]:
         s, cfg = self.spec, self.cfg
         out = [
-            s("grad_health", "share of tracked layers neither vanishing, exploding nor non-finite", "fraction"),
-            s("grad_nonfinite_count", "non-finite gradient elements over the step, all tracked layers", "count"),
+            s("grad_health", "share of tracked layers neither vanishing, exploding nor non-finite",
+              "fraction"),
+            s("grad_nonfinite_count", "non-finite gradient elements over the step, all tracked layers",
+              "count"),
             s("loss_nonfinite_batches", "training batches whose loss was NaN or Inf", "count"),
         ]
         for key in self.keys:
             if cfg.track_norm:
-                out.append(s(f"grad_norm_{key}", f"L2 norm of {key}'s gradient, mean over the step's batches", "norm"))
+                out.append(s(f"grad_norm_{key}", f"L2 norm of {key}'s gradient, mean over the step's batches",
+                             "norm"))
                 out.append(s(f"grad_norm_max_{key}", f"largest per-batch gradient L2 norm of {key}", "norm"))
             if cfg.track_std:
-                out.append(s(f"grad_std_{key}", f"std of {key}'s gradient elements, mean over batches", "grad"))
-            for q in cfg.percentiles:
-                out.append(s(f"grad_p{q}_{key}", f"{q}th percentile of |g| in {key}, pooled sample of the step",
+                out.append(s(f"grad_std_{key}", f"std of {key}'s gradient elements, mean over batches",
                              "grad"))
+            for q in cfg.percentiles:
+                out.append(s(f"grad_p{q}_{key}",
+                             f"{q}th percentile of |g| in {key}, pooled sample of the step", "grad"))
             if cfg.detect_vanishing:
                 out.append(s(f"grad_vanishing_frac_{key}",
-                             f"share of {key}'s |g| under {cfg.vanishing_threshold:g}, mean over batches", "fraction"))
+                             f"share of {key}'s |g| under {cfg.vanishing_threshold:g}, mean over batches",
+                             "fraction"))
             if cfg.detect_exploding:
                 out.append(s(f"grad_exploding_frac_{key}",
-                             f"share of {key}'s |g| over {cfg.exploding_threshold:g}, mean over batches", "fraction"))
+                             f"share of {key}'s |g| over {cfg.exploding_threshold:g}, mean over batches",
+                             "fraction"))
             if cfg.full_histogram:
                 out.extend(s(f"grad_hist_{key}_{i:02d}", f"share of {key}'s sampled |g| in {_hist_label(i)}",
                              "fraction") for i in range(len(HIST_EDGES) + 1))
         return out
 
     # ---- hot path ----------------------------------------------------------------------------
-    def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, batch: int) -> None:
+    def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                    batch: int) -> None:
         self._loss_nonfinite = self._loss_nonfinite + (~torch.isfinite(loss.detach())).sum()
         if batch % self.cfg.every_n_batches:
             return
@@ -104,7 +114,8 @@ class GradientProbe(Probe):
         cfg = self.cfg
         parts = torch.stack([flat, flat * flat, (a < cfg.vanishing_threshold).float(),
                              (a > cfg.exploding_threshold).float(), (~torch.isfinite(flat)).float()], dim=1)
-        seg = torch.segment_reduce(parts, "sum", lengths=lens, axis=0)  # [layers, 5]
+        # unsafe: skip the length checks, two .item() host syncs per call; lengths are ours and correct
+        seg = torch.segment_reduce(parts, "sum", lengths=lens, axis=0, unsafe=True)  # [layers, 5]
         n = numel.clamp(min=1)
         mean = seg[:, 0] / n
         std = (seg[:, 1] / n - mean * mean).clamp(min=0).sqrt()
@@ -139,27 +150,41 @@ class GradientProbe(Probe):
             self._cache[key] = tuple(t.to(device) for t in (lens, offsets, lens.float(), lens > 0))
         return self._cache[key]
 
-    def _sample(self, a: torch.Tensor, offsets: torch.Tensor, numel: torch.Tensor, valid: torch.Tensor) -> None:
-        """Reservoir over batches: keep this batch's sample with probability R / (batches seen)."""
+    def _sample(self, a: torch.Tensor, offsets: torch.Tensor, numel: torch.Tensor,
+                valid: torch.Tensor) -> None:
+        """Batch b <= 16 fills block b; a later batch b replaces each position with probability 1/b.
+
+        Which positions are replaced never depends on gradient values: how many is drawn on the host
+        (binomial), which ones on the device (a random permutation), so there is no synchronisation.
+        """
         self._seen += 1
-        if len(self._pool) < RESERVOIR_BATCHES:
-            slot = len(self._pool)
-            self._pool.append(None)
-        else:
-            slot = self._rng.randrange(self._seen)
-            if slot >= RESERVOIR_BATCHES:
-                return
-        s = self.per_batch_sample
+        b, s = self._seen, self.per_batch_sample
+        width = RESERVOIR_BATCHES * s
         if self._gen is None or self._gen.device != a.device:
             self._gen = torch.Generator(device=a.device)
             self._gen.manual_seed(self._seed)
-        arange = torch.arange(s, device=a.device, dtype=torch.float32)
-        exact = numel[:, None] <= s  # small layers: every element once, the rest NaN (ignored)
-        random_pos = torch.rand(len(numel), s, generator=self._gen, device=a.device) * numel[:, None]
-        pos = torch.where(exact, arange, random_pos).long().clamp(max=int(a.numel()) - 1)
-        keep = (~exact | (arange < numel[:, None])) & valid[:, None]
-        picked = a[(offsets[:, None] + pos).clamp(max=a.numel() - 1)]
-        self._pool[slot] = torch.where(keep, picked, torch.nan)
+        if self._pool is None:
+            self._pool = torch.full((len(numel), width), math.nan, device=a.device)
+        if b <= RESERVOIR_BATCHES:
+            slots = None
+            offset = torch.arange(s, device=a.device, dtype=torch.float32)
+        else:
+            k = int(self._rng.binomial(width, 1.0 / b))
+            if k == 0:
+                return
+            slots = torch.randperm(width, generator=self._gen, device=a.device)[:k]
+            offset = (slots % s).float()
+        # small layers: position o of every block holds element o (the rest NaN, ignored)
+        exact = numel[:, None] <= s
+        draws = torch.rand(len(numel), offset.numel(), generator=self._gen, device=a.device)
+        random_pos = draws * numel[:, None]
+        pos = torch.minimum(torch.where(exact, offset, random_pos), (numel[:, None] - 1).clamp(min=0)).long()
+        keep = (~exact | (offset < numel[:, None])) & valid[:, None]
+        picked = torch.where(keep, a[(offsets[:, None] + pos).clamp(max=a.numel() - 1)], torch.nan)
+        if slots is None:
+            self._pool[:, (b - 1) * s: b * s] = picked
+        else:
+            self._pool[:, slots] = picked
 
     # ---- end of step -------------------------------------------------------------------------
     @property
@@ -170,7 +195,8 @@ class GradientProbe(Probe):
         """[sums L*4 | max norm L | non-finite grads | non-finite losses | sampled stats L*width]."""
         n_layers = len(self.keys)
         measured = self._sums is not None
-        sampled = self._sample_stats() if self._pool else torch.full((n_layers * self._sample_width,), math.nan)
+        sampled = (self._sample_stats() if self._pool is not None
+                   else torch.full((n_layers * self._sample_width,), math.nan))
         return [
             self._sums.flatten() if measured else torch.zeros(n_layers * _PER_BATCH),
             self._max if measured else torch.full((n_layers,), math.nan),
@@ -180,7 +206,7 @@ class GradientProbe(Probe):
         ]
 
     def _sample_stats(self) -> torch.Tensor:
-        pool = torch.cat([p for p in self._pool if p is not None], dim=1)  # [layers, pooled]
+        pool = self._pool[:, : min(self._seen, RESERVOIR_BATCHES) * self.per_batch_sample]  # [layers, pooled]
         per_layer = []
         if self.cfg.percentiles:
             q = torch.tensor(self.cfg.percentiles, dtype=torch.float32, device=pool.device) / 100
@@ -233,5 +259,5 @@ class GradientProbe(Probe):
         self._nonfinite: torch.Tensor | None = None
         self._loss_nonfinite: torch.Tensor | int = 0
         self._batches = [0] * len(self.keys)
-        self._pool: list[torch.Tensor | None] = []
+        self._pool: torch.Tensor | None = None
         self._seen = 0

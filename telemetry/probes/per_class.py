@@ -1,7 +1,7 @@
-"""Per-class validation accuracy and loss (and the confusion matrix), vectorised with bincount.
+"""Per-class validation accuracy and loss (and the confusion matrix), vectorised with index_add_.
 
 The original looped over every validation sample in Python; here each validation batch costs three
-`bincount` kernels on the device and nothing reaches the host until the step ends.
+scatter-add kernels on the device and nothing reaches the host until the step ends.
 """
 
 from __future__ import annotations
@@ -41,11 +41,16 @@ class PerClassProbe(Probe):
             self._counts = torch.zeros(3 * c + c * c, dtype=torch.float64, device=targets.device)
         pred = logits.argmax(1)
         t = targets.long()
-        self._counts[:c] += torch.bincount(t, minlength=c)[:c]
-        self._counts[c: 2 * c] += torch.bincount(t, weights=(pred == t).double(), minlength=c)[:c]
-        self._counts[2 * c: 3 * c] += torch.bincount(t, weights=losses.double(), minlength=c)[:c]
+        # index_add_, not bincount: bincount reads the largest index back to the host (a sync on CUDA).
+        # Targets outside the classes (cross-entropy's ignore_index, -100) count in no class.
+        inside = (t >= 0) & (t < c)
+        t = t.clamp(0, c - 1)
+        weight = inside.double()
+        self._counts[:c].index_add_(0, t, weight)
+        self._counts[c: 2 * c].index_add_(0, t, (pred == t).double() * weight)
+        self._counts[2 * c: 3 * c].index_add_(0, t, torch.where(inside, losses.double(), 0.0))
         if self.cfg.track_confusion:
-            self._counts[3 * c:] += torch.bincount(t * c + pred, minlength=c * c)[: c * c]
+            self._counts[3 * c:].index_add_(0, t * c + pred.clamp(max=c - 1), (inside & (pred < c)).double())
 
     def payload(self, probe_batch: object) -> list[torch.Tensor]:
         c = self.c

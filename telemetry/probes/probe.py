@@ -57,7 +57,8 @@ class Probe:
     def attach(self) -> None:
         """Install hooks; called once by the tracker."""
 
-    def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, batch: int) -> None:
+    def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                    batch: int) -> None:
         """After backward: gradients are populated. Device work only."""
 
     def val_batch(self, logits: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor) -> None:

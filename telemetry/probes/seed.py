@@ -29,10 +29,11 @@ class SeedProbe(Probe):
         s, out = self.spec, []
         for k in self.keys:
             if self.grads:
-                out.append(s(f"seed_{k}_grad_norm", f"gradient L2 norm of the seed in slot {k}, mean over batches",
-                             "norm"))
+                out.append(s(f"seed_{k}_grad_norm",
+                             f"gradient L2 norm of the seed in slot {k}, mean over batches", "norm"))
             if self.weights:
-                out.append(s(f"seed_{k}_weight_norm", f"L2 norm of the seed's parameters in slot {k}", "norm"))
+                out.append(s(f"seed_{k}_weight_norm", f"L2 norm of the seed's parameters in slot {k}",
+                             "norm"))
                 out.append(s(f"seed_{k}_param_count", f"parameters of the seed in slot {k} (0 when empty)",
                              "count", "int64"))
         return out
@@ -41,7 +42,8 @@ class SeedProbe(Probe):
         current = self.ctx.model.seed_slots()
         return [current.get(name) for name in self.ctx.slots]
 
-    def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, batch: int) -> None:
+    def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                    batch: int) -> None:
         if not self.grads:
             return
         for i, seed in enumerate(self._seeds()):
@@ -56,7 +58,9 @@ class SeedProbe(Probe):
         out = []
         for i, seed in enumerate(self._seeds()):
             params = [p.detach() for p in seed.parameters()] if seed is not None else []
-            grad = self._grad_sum[i] if self._grad_sum[i] is not None else torch.zeros((), dtype=torch.float64)
+            grad = self._grad_sum[i]
+            if grad is None:
+                grad = torch.zeros((), dtype=torch.float64)
             weight = (torch.stack(torch._foreach_norm(params)).double().pow(2).sum().sqrt() if params
                       else torch.zeros((), dtype=torch.float64))
             out.append(torch.stack([grad.to(weight.device), weight]))

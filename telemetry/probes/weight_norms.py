@@ -28,8 +28,8 @@ class WeightNormProbe(Probe):
         flat = [p.detach() for params in self.params for p in params]
         norms = torch.stack(torch._foreach_norm(flat)).double() ** 2
         layer = torch.tensor([i for i, params in enumerate(self.params) for _ in params], device=norms.device)
-        return [torch.zeros(len(self.params), dtype=torch.float64, device=norms.device).index_add_(0, layer, norms)
-                .sqrt()]
+        total = torch.zeros(len(self.params), dtype=torch.float64, device=norms.device)
+        return [total.index_add_(0, layer, norms).sqrt()]
 
     def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
         return [float(v) for v in host]
