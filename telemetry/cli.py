@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from telemetry import pack_cli
 from telemetry.config import load_config, profile_names
 from telemetry.errors import EsperError
 
@@ -78,7 +79,7 @@ def _profiles_parser(sub: argparse._SubParsersAction) -> None:
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommand builders; each lives with the part of the project it drives."""
-    return [_profiles_parser]
+    return [_profiles_parser, pack_cli.register]
 
 
 def build_parser() -> argparse.ArgumentParser:
