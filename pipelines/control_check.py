@@ -1,0 +1,190 @@
+"""Do the decisions matter? Fixed strategies per scenario, final accuracy, paired gains with 95% CIs.
+
+    python -m pipelines.control_check --episodes 30
+
+Episode e gets scenario e mod 6 of the mix (a stratified sample of the uniform default mix, so every
+cause has the same number of episodes) with its parameters drawn from (seed, e), and is then played
+once per strategy from the same episode seed, so strategies are compared on identical hosts, data
+and shuffling (paired differences). Strategies:
+
+- `never`: WAIT throughout;
+- `schedule`: germinate at `--germinate-at`, ADVANCE to TRAINING at once, ADVANCE to BLENDING after
+  `--train-epochs` epochs, FOSSILIZE when the ramp completes; blueprints in rotation by episode;
+- `conv`, `attention`, `norm`, `depthwise`: the same schedule with one blueprint throughout.
+
+It prints mean final validation accuracy per (scenario, strategy), the best strategy per scenario,
+and each germinating strategy's mean gain over `never` with a 95% t-interval, plus the gain of the
+best strategy per scenario chosen in hindsight (how much a policy that infers the cause could win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from pipelines.actions import Action
+from pipelines.blueprints import BLUEPRINTS
+from pipelines.datasets import load_dataset
+from pipelines.environment import MorphogeneticEnv, episode_seed
+from pipelines.scenarios import SCENARIOS, make_scenario
+from telemetry.config import load_config
+from telemetry.seed_status import SeedStage
+
+BLUEPRINT_NAMES = tuple(BLUEPRINTS)
+STRATEGIES = ("never", "schedule", *BLUEPRINT_NAMES)
+
+
+@dataclass(frozen=True)
+class Job:
+    episode: int
+    strategy: str
+    seed: int
+    epochs: int
+    dataset: str
+    data_dir: str | None
+    germinate_at: int
+    train_epochs: int
+    scenarios: tuple[str, ...]
+
+
+def schedule_action(env: MorphogeneticEnv, blueprint: str, germinate_at: int, train_epochs: int) -> Action:
+    """The fixed germinate -> train -> blend -> fossilize schedule."""
+    slot, mask = env.slot, env.valid_mask()
+    if env.epoch == germinate_at and mask[Action.germinate(blueprint)]:
+        return Action.germinate(blueprint)
+    if slot.stage == SeedStage.GERMINATED:
+        return Action.ADVANCE
+    if slot.stage == SeedStage.TRAINING and slot.lifecycle.epochs_in_stage >= train_epochs:
+        return Action.ADVANCE
+    if mask[Action.FOSSILIZE]:
+        return Action.FOSSILIZE
+    return Action.WAIT
+
+
+def play(job: Job) -> tuple[int, str, str, float]:
+    """One episode under one strategy -> (episode, scenario, strategy, final val accuracy)."""
+    torch.set_num_threads(1)
+    dataset = _dataset(job.dataset, job.data_dir)
+    scenario = make_scenario(job.scenarios[job.episode % len(job.scenarios)], job.seed, job.episode)
+    seed = episode_seed(job.seed, job.episode)
+    env = MorphogeneticEnv(dataset, scenario, load_config("minimal"), seed=seed, epochs=job.epochs)
+    env.reset()
+    blueprint = (BLUEPRINT_NAMES[job.episode % len(BLUEPRINT_NAMES)] if job.strategy == "schedule"
+                 else job.strategy)
+    done = False
+    while not done:
+        action = Action.WAIT if job.strategy == "never" else schedule_action(
+            env, blueprint, job.germinate_at, job.train_epochs)
+        _, _, done, info = env.step(action)
+    env.close()
+    return job.episode, scenario.name, job.strategy, info["val_accuracy"]
+
+
+_DATASETS: dict[tuple[str, str | None], object] = {}
+
+
+def _dataset(name: str, data_dir: str | None):
+    """One load per worker process."""
+    key = (name, data_dir)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset(name, data_dir)
+    return _DATASETS[key]
+
+
+def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and the two ends of its 95% t-interval."""
+    m = float(values.mean())
+    if len(values) < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return m, m - half, m + half
+
+
+Finals = dict[int, dict[str, float]]  # episode -> strategy -> final validation accuracy
+
+
+def report(results: list[tuple[int, str, str, float]]) -> str:
+    final: Finals = defaultdict(dict)
+    cause: dict[int, str] = {}
+    for episode, scenario, strategy, acc in results:
+        final[episode][strategy] = acc
+        cause[episode] = scenario
+    best = _best_per_scenario(final, cause)
+    lines = [_scenario_table(final, cause, best), "",
+             "gain over never (accuracy points, mean [95% CI], n episodes):"]
+    for strategy in STRATEGIES[1:]:
+        lines.append(_gain_line(strategy, [final[e][strategy] - final[e]["never"] for e in sorted(final)]))
+    hindsight = [final[e][best[cause[e]]] - final[e]["never"] for e in sorted(final)]
+    lines.append(_gain_line("best per scenario", hindsight)
+                 + "  (strategy chosen in hindsight per scenario; optimistic)")
+    return "\n".join(lines)
+
+
+def _gain_line(label: str, gains: list[float]) -> str:
+    m, lo, hi = mean_ci(np.array(gains))
+    return f"  {label:<22} {m:+6.2f} [{lo:+6.2f}, {hi:+6.2f}]  n={len(gains)}"
+
+
+def _means(final: Finals, episodes: list[int]) -> dict[str, float]:
+    return {s: float(np.mean([final[e][s] for e in episodes])) for s in STRATEGIES}
+
+
+def _best_per_scenario(final: Finals, cause: dict[int, str]) -> dict[str, str]:
+    best = {}
+    for scenario in set(cause.values()):
+        means = _means(final, [e for e in final if cause[e] == scenario])
+        best[scenario] = max(means, key=means.get)
+    return best
+
+
+def _scenario_table(final: Finals, cause: dict[int, str], best: dict[str, str]) -> str:
+    """Mean final accuracy per (scenario, strategy), and the best strategy's paired gain over never."""
+    head = (f"{'scenario':<20} {'n':>3} " + " ".join(f"{s:>9}" for s in STRATEGIES)
+            + "  best       best - never [95% CI]")
+    rows = [head, "-" * len(head)]
+    for scenario in [s for s in SCENARIOS if s in cause.values()]:
+        eps = [e for e in final if cause[e] == scenario]
+        means = _means(final, eps)
+        m, lo, hi = mean_ci(np.array([final[e][best[scenario]] - final[e]["never"] for e in eps]))
+        rows.append(f"{scenario:<20} {len(eps):>3} " + " ".join(f"{means[s]:9.2f}" for s in STRATEGIES)
+                    + f"  {best[scenario]:<10} {m:+6.2f} [{lo:+6.2f}, {hi:+6.2f}]")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.control_check",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--episodes", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--germinate-at", type=int, default=4)
+    parser.add_argument("--train-epochs", type=int, default=3)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated scenario mix to draw from (default: all)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args(argv)
+    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    jobs = [Job(e, s, args.seed, args.epochs, args.dataset, args.data_dir, args.germinate_at,
+                args.train_epochs, scenarios) for e in range(args.episodes) for s in STRATEGIES]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        results = list(pool.map(play, jobs, chunksize=1))
+    elapsed = time.perf_counter() - start
+    print(report(results))
+    print(f"\n{len(jobs)} episode runs in {elapsed:.0f} s with {args.workers} workers "
+          f"({elapsed * args.workers / len(jobs):.2f} s per episode per worker)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
