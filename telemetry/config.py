@@ -65,7 +65,8 @@ class LossLandscapeConfig(BaseModel):
     enabled: bool = False
     perturbation_samples: int = Field(default=5, ge=1, le=20)
     perturbation_scale: float = Field(default=0.01, gt=0, lt=1)
-    probe_batch_size: int = Field(default=256, ge=1, le=65536)
+    # (samples + 1) forwards of this batch per step: 128 (one training batch) keeps diagnostic cheap
+    probe_batch_size: int = Field(default=128, ge=1, le=65536)
 
 
 class PerClassConfig(BaseModel):
@@ -150,7 +151,7 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def _read_override_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

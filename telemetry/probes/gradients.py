@@ -131,6 +131,7 @@ class GradientProbe(Probe):
         for i, length in enumerate(lengths):
             self._batches[i] += length > 0
         if self.sampling:
+            self._lengths = lengths
             self._sample(a, offsets, numel, valid)
 
     def _gradients(self) -> tuple[list[torch.Tensor], list[int]]:
@@ -206,11 +207,13 @@ class GradientProbe(Probe):
         ]
 
     def _sample_stats(self) -> torch.Tensor:
-        pool = self._pool[:, : min(self._seen, RESERVOIR_BATCHES) * self.per_batch_sample]  # [layers, pooled]
+        blocks = min(self._seen, RESERVOIR_BATCHES)
+        pool = self._pool[:, : blocks * self.per_batch_sample]  # [layers, pooled]
         per_layer = []
         if self.cfg.percentiles:
             q = torch.tensor(self.cfg.percentiles, dtype=torch.float32, device=pool.device) / 100
-            per_layer.append(torch.nanquantile(pool, q, dim=1).T)  # [layers, P]
+            filled = [self._filled(pool[i], n, blocks) for i, n in enumerate(self._lengths)]
+            per_layer.append(torch.stack([torch.nanquantile(f, q) for f in filled]))  # [layers, P]
         if self.cfg.full_histogram:
             edges = torch.tensor(HIST_EDGES, dtype=torch.float32, device=pool.device)
             present = ~torch.isnan(pool)
@@ -219,6 +222,15 @@ class GradientProbe(Probe):
             counts.scatter_add_(1, bins, present.float())
             per_layer.append(counts / present.sum(1, keepdim=True).clamp(min=1))
         return torch.cat(per_layer, dim=1).flatten()
+
+    def _filled(self, row: torch.Tensor, numel: int, blocks: int) -> torch.Tensor:
+        """The pool positions a layer can fill: a layer no larger than a block fills the first
+        `numel` positions of each block, the rest stay NaN. Sorting only those (not a mostly-NaN
+        row of `sample_size`) is what makes percentiles of small layers cheap."""
+        s = self.per_batch_sample
+        if 0 < numel <= s:
+            return row.view(blocks, s)[:, :numel].reshape(-1)
+        return row
 
     def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
         n_layers, cfg = len(self.keys), self.cfg
@@ -261,3 +273,4 @@ class GradientProbe(Probe):
         self._batches = [0] * len(self.keys)
         self._pool: torch.Tensor | None = None
         self._seen = 0
+        self._lengths: list[int] = []
