@@ -111,7 +111,9 @@ def narrative(row: dict[str, Any], flags: list[str]) -> str:
         parts.append("flags: " + ", ".join(flags))
     if row["has_active_seed"]:
         parts.append(f"seed stage {int(row['seed_stage'])} for {int(row['seed_epochs_in_stage'])} epochs "
-                     f"({_fmt(row.get('seed_improvement'), ' pts', signed=True)})")
+                     f"({_fmt(row.get('seed_improvement'), ' pts', signed=True)} since germination)")
+    if _finite(row.get("seed_path_gain")):
+        parts.append(f"seed path {_fmt(row['seed_path_gain'], ' pts', signed=True)} over the host")
     return " | ".join(parts)
 
 
@@ -148,7 +150,8 @@ def hindsight(accuracies: list[float | None], step: int, action: str, k: int = H
     The rule: with counterfactual rollouts, a decision was good when its action's rollout accuracy is
     within HINDSIGHT_MARGIN points of the best action's. Without them, WAIT was good unless accuracy
     fell over the next k epochs, and an intervention was good when accuracy rose by more than
-    HINDSIGHT_MARGIN points over those epochs. Null when the episode ends before k epochs pass.
+    HINDSIGHT_MARGIN points over those epochs. Null when the episode ends before k epochs pass
+    (the episode runner passes k = min(HINDSIGHT_EPOCHS, epochs left), so its rows are never null).
     """
     later = accuracies[step + k] if step + k < len(accuracies) else None
     if counterfactual and action in counterfactual:

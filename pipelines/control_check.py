@@ -8,6 +8,7 @@ once per strategy from the same episode seed, so strategies are compared on iden
 and shuffling (paired differences). Strategies:
 
 - `never`: WAIT throughout;
+- `heuristic`: heuristic Tamiyo, greedy (the behaviour policy of `esper generate` without exploration);
 - `schedule`: germinate at `--germinate-at`, ADVANCE to TRAINING at once, ADVANCE to BLENDING after
   `--train-epochs` epochs, FOSSILIZE when the ramp completes; blueprints in rotation by episode;
 - `conv`, `attention`, `norm`, `depthwise`: the same schedule with one blueprint throughout.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -34,12 +36,13 @@ from pipelines.actions import Action
 from pipelines.blueprints import BLUEPRINTS
 from pipelines.datasets import load_dataset
 from pipelines.environment import MorphogeneticEnv, episode_seed
+from pipelines.heuristic import HeuristicTamiyo
 from pipelines.scenarios import SCENARIOS, make_scenario
 from telemetry.config import load_config
 from telemetry.seed_status import SeedStage
 
 BLUEPRINT_NAMES = tuple(BLUEPRINTS)
-STRATEGIES = ("never", "schedule", *BLUEPRINT_NAMES)
+STRATEGIES = ("never", "heuristic", "schedule", *BLUEPRINT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,12 @@ def schedule_action(env: MorphogeneticEnv, blueprint: str, germinate_at: int, tr
     return Action.WAIT
 
 
+def _rotation(job: Job) -> int:
+    """Where episode e starts the blueprint rotation: (e // number of scenarios) mod 4, so the
+    episodes of each cause cycle through every blueprint (e mod 4 would tie causes to blueprints)."""
+    return (job.episode // len(job.scenarios)) % len(BLUEPRINT_NAMES)
+
+
 def play(job: Job) -> tuple[int, str, str, float]:
     """One episode under one strategy -> (episode, scenario, strategy, final val accuracy)."""
     torch.set_num_threads(1)
@@ -76,14 +85,20 @@ def play(job: Job) -> tuple[int, str, str, float]:
     scenario = make_scenario(job.scenarios[job.episode % len(job.scenarios)], job.seed, job.episode)
     seed = episode_seed(job.seed, job.episode)
     env = MorphogeneticEnv(dataset, scenario, load_config("minimal"), seed=seed, epochs=job.epochs)
-    env.reset()
-    blueprint = (BLUEPRINT_NAMES[job.episode % len(BLUEPRINT_NAMES)] if job.strategy == "schedule"
+    row = env.reset()
+    blueprint = (BLUEPRINT_NAMES[_rotation(job)] if job.strategy == "schedule"
                  else job.strategy)
+    tamiyo = HeuristicTamiyo(epsilon=0.0, blueprint_offset=_rotation(job))
+    unused = random.Random(0)
     done = False
     while not done:
-        action = Action.WAIT if job.strategy == "never" else schedule_action(
-            env, blueprint, job.germinate_at, job.train_epochs)
-        _, _, done, info = env.step(action)
+        if job.strategy == "never":
+            action = Action.WAIT
+        elif job.strategy == "heuristic":
+            action = tamiyo.act(env.policy_view(row), list(env.valid_mask()), unused).action
+        else:
+            action = schedule_action(env, blueprint, job.germinate_at, job.train_epochs)
+        row, _, done, info = env.step(action)
     env.close()
     return job.episode, scenario.name, job.strategy, info["val_accuracy"]
 
@@ -117,10 +132,11 @@ def report(results: list[tuple[int, str, str, float]]) -> str:
     for episode, scenario, strategy, acc in results:
         final[episode][strategy] = acc
         cause[episode] = scenario
-    best = _best_per_scenario(final, cause)
-    lines = [_scenario_table(final, cause, best), "",
+    names = [s for s in STRATEGIES if s in results_strategies(results)]
+    best = _best_per_scenario(final, cause, names)
+    lines = [_scenario_table(final, cause, best, names), "",
              "gain over never (accuracy points, mean [95% CI], n episodes):"]
-    for strategy in STRATEGIES[1:]:
+    for strategy in names[1:]:
         lines.append(_gain_line(strategy, [final[e][strategy] - final[e]["never"] for e in sorted(final)]))
     hindsight = [final[e][best[cause[e]]] - final[e]["never"] for e in sorted(final)]
     lines.append(_gain_line("best per scenario", hindsight)
@@ -128,33 +144,37 @@ def report(results: list[tuple[int, str, str, float]]) -> str:
     return "\n".join(lines)
 
 
+def results_strategies(results: list[tuple[int, str, str, float]]) -> set[str]:
+    return {strategy for _, _, strategy, _ in results}
+
+
 def _gain_line(label: str, gains: list[float]) -> str:
     m, lo, hi = mean_ci(np.array(gains))
     return f"  {label:<22} {m:+6.2f} [{lo:+6.2f}, {hi:+6.2f}]  n={len(gains)}"
 
 
-def _means(final: Finals, episodes: list[int]) -> dict[str, float]:
-    return {s: float(np.mean([final[e][s] for e in episodes])) for s in STRATEGIES}
+def _means(final: Finals, episodes: list[int], names: list[str]) -> dict[str, float]:
+    return {s: float(np.mean([final[e][s] for e in episodes])) for s in names}
 
 
-def _best_per_scenario(final: Finals, cause: dict[int, str]) -> dict[str, str]:
+def _best_per_scenario(final: Finals, cause: dict[int, str], names: list[str]) -> dict[str, str]:
     best = {}
     for scenario in set(cause.values()):
-        means = _means(final, [e for e in final if cause[e] == scenario])
+        means = _means(final, [e for e in final if cause[e] == scenario], names)
         best[scenario] = max(means, key=means.get)
     return best
 
 
-def _scenario_table(final: Finals, cause: dict[int, str], best: dict[str, str]) -> str:
+def _scenario_table(final: Finals, cause: dict[int, str], best: dict[str, str], names: list[str]) -> str:
     """Mean final accuracy per (scenario, strategy), and the best strategy's paired gain over never."""
-    head = (f"{'scenario':<20} {'n':>3} " + " ".join(f"{s:>9}" for s in STRATEGIES)
+    head = (f"{'scenario':<20} {'n':>3} " + " ".join(f"{s:>9}" for s in names)
             + "  best       best - never [95% CI]")
     rows = [head, "-" * len(head)]
     for scenario in [s for s in SCENARIOS if s in cause.values()]:
         eps = [e for e in final if cause[e] == scenario]
-        means = _means(final, eps)
+        means = _means(final, eps, names)
         m, lo, hi = mean_ci(np.array([final[e][best[scenario]] - final[e]["never"] for e in eps]))
-        rows.append(f"{scenario:<20} {len(eps):>3} " + " ".join(f"{means[s]:9.2f}" for s in STRATEGIES)
+        rows.append(f"{scenario:<20} {len(eps):>3} " + " ".join(f"{means[s]:9.2f}" for s in names)
                     + f"  {best[scenario]:<10} {m:+6.2f} [{lo:+6.2f}, {hi:+6.2f}]")
     return "\n".join(rows)
 
@@ -171,11 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-epochs", type=int, default=3)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated scenario mix to draw from (default: all)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help="comma-separated strategies to play (never is always included)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    chosen = {"never", *(s.strip() for s in args.strategies.split(",") if s.strip())}
+    unknown = chosen - set(STRATEGIES)
+    if unknown:
+        parser.error(f"--strategies: unknown {sorted(unknown)}; expected some of {', '.join(STRATEGIES)}")
     jobs = [Job(e, s, args.seed, args.epochs, args.dataset, args.data_dir, args.germinate_at,
-                args.train_epochs, scenarios) for e in range(args.episodes) for s in STRATEGIES]
+                args.train_epochs, scenarios) for e in range(args.episodes) for s in STRATEGIES if s in chosen]
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         results = list(pool.map(play, jobs, chunksize=1))

@@ -137,6 +137,7 @@ class MorphogeneticEnv:
         self.shuffle.manual_seed(self._seeds["shuffle"])
         self.tracker = DiagnosticTracker(self.model, self.config, ds.num_classes, seed=self._seeds["tracker"])
         self.epoch, self.done, self.accuracy = 0, False, 0.0
+        self.seed_path_accuracy: float | None = None
 
     @property
     def slot(self) -> SeedSlot:
@@ -260,8 +261,35 @@ class MorphogeneticEnv:
                 logits = self.model(x)
                 self.tracker.val_batch(logits, y, inputs=x)
                 correct += (logits.argmax(1) == y).sum()
+        self.seed_path_accuracy = self._seed_path_accuracy(batch_size)
         self.model.train()
         return 100.0 * int(correct) / len(self.y_val)
+
+    def _seed_path_accuracy(self, batch_size: int) -> float | None:
+        """Validation accuracy with a TRAINING seed's output in place of the slot's (alpha = 1).
+
+        The host's output ignores a seed in isolation, so accuracy since germination says nothing
+        about the seed; this is the evidence a decision to blend it in needs. Outside the tracker's
+        validation pass, so no telemetry sees it. None unless the seed is in TRAINING.
+        """
+        slot = self.slot
+        if slot.seed is None or slot.stage != SeedStage.TRAINING:
+            return None
+        correct = 0
+        slot.substitute = True
+        try:
+            for start in range(0, len(self.y_val), batch_size):
+                x, y = self.x_val[start:start + batch_size], self.y_val[start:start + batch_size]
+                correct += int((self.model(x).argmax(1) == y).sum())
+        finally:
+            slot.substitute = False
+        return 100.0 * correct / len(self.y_val)
+
+    def policy_view(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What a rule-based policy sees: the feature row plus `seed_path_gain`, the seed path's
+        validation accuracy minus the host's (points; None unless a seed is in TRAINING)."""
+        path = self.seed_path_accuracy
+        return {**row, "seed_path_gain": None if path is None else path - self.accuracy}
 
     def _seed_status(self, accuracy: float) -> SeedStatus:
         slot, life = self.slot, self.slot.lifecycle
@@ -299,7 +327,8 @@ class MorphogeneticEnv:
         return {"epoch": self.epoch, "action": action.name, "val_accuracy": self.accuracy,
                 "stage": life.stage.name, "alpha": life.alpha, "blueprint": life.blueprint,
                 "seed_parameter_share": self.seed_parameter_share(),
-                "isolated_seed_loss": self.isolated_seed_loss}
+                "isolated_seed_loss": self.isolated_seed_loss,
+                "seed_path_accuracy": self.seed_path_accuracy}
 
     # ---- counterfactual branching ------------------------------------------------------------------
     def snapshot(self) -> EnvState:
@@ -316,7 +345,8 @@ class MorphogeneticEnv:
             tracker=capture_tracker(self.tracker),
             shuffle_rng=self.shuffle.get_state(),
             global_rng=capture_global_rng(),
-            counters={"epoch": self.epoch, "done": self.done, "accuracy": self.accuracy},
+            counters={"epoch": self.epoch, "done": self.done, "accuracy": self.accuracy,
+                      "seed_path_accuracy": self.seed_path_accuracy},
         )
 
     def restore(self, state: EnvState) -> None:
@@ -334,7 +364,8 @@ class MorphogeneticEnv:
         restore_tracker(self.tracker, state.tracker)
         self.shuffle.set_state(state.shuffle_rng)
         restore_global_rng(state.global_rng)
-        self.epoch, self.done, self.accuracy = (state.counters[k] for k in ("epoch", "done", "accuracy"))
+        self.epoch, self.done, self.accuracy, self.seed_path_accuracy = (
+            state.counters[k] for k in ("epoch", "done", "accuracy", "seed_path_accuracy"))
 
     def close(self) -> None:
         if self.tracker is not None:

@@ -2,10 +2,14 @@
 
 The rules are REFERENCE.md's: germinate once epoch >= 5 and the accuracy plateau has lasted >= 3
 epochs (blueprints in rotation); a germinated seed is advanced into TRAINING at once; in TRAINING,
-advance to BLENDING after >= 3 epochs if accuracy rose >= 1 point since germination, cull after
->= 5 epochs if it fell by more than 2 points; after the blending ramp, fossilize if the total
-improvement is positive, else cull. One addition, so a seed cannot idle forever: cull a seed that
-has trained for `max_training_epochs` without earning an advance.
+advance to BLENDING after >= 3 epochs if the seed improves accuracy by >= 1 point, cull after >= 5
+epochs if it costs more than 2 points. "The seed improves accuracy" is measured as the environment's
+`seed_path_gain` (validation accuracy with the seed's output in place of the slot's, minus the
+host's): a seed in isolation does not touch the host's output, so the host's accuracy change since
+germination (the fallback when the gain is not given) says nothing about the seed. After the
+blending ramp, fossilize if the total improvement since germination is positive, else cull. One
+addition, so a seed cannot idle forever: cull a seed that has trained for `max_training_epochs`
+without earning an advance.
 
 Every decision logs mu(a|s), the probability the behaviour policy gave the chosen action: with
 probability epsilon a uniformly random valid action, else the rule's action, so
@@ -43,7 +47,7 @@ class HeuristicTamiyo:
     advance_gain: float = 1.0
     cull_after: int = 5
     cull_loss: float = 2.0
-    max_training_epochs: int = 8
+    max_training_epochs: int = 6
     blueprint_offset: int = 0  # rotation start, so episodes spread over blueprints
     germinations: int = 0
 
@@ -55,11 +59,15 @@ class HeuristicTamiyo:
         explored = rng.random() < self.epsilon
         action = rng.choice(valid) if explored else greedy
         prob = (1 - self.epsilon) * (action == greedy) + self.epsilon / len(valid)
-        if action in GERMINATE:
-            self.germinations += 1
+        self.record(action)
         why = rule if not explored else f"exploration (epsilon={self.epsilon}); the rules said {greedy.name}: {rule}"
         return Decision(action=action, prob=prob, greedy=greedy, rule=why, explored=explored,
                         why_not={a.name: self.why_not(a, greedy, row) for a in valid if a != action})
+
+    def record(self, action: Action) -> None:
+        """Bookkeeping after an action is taken: germinations advance the blueprint rotation."""
+        if action in GERMINATE:
+            self.germinations += 1
 
     def rule(self, row: dict[str, Any]) -> tuple[Action, str]:
         """The greedy action and the rule that chose it, from the base features alone."""
@@ -70,7 +78,8 @@ class HeuristicTamiyo:
         if stage == SeedStage.GERMINATED:
             return Action.ADVANCE, "a germinated seed starts training in isolation at once"
         if stage == SeedStage.TRAINING:
-            return self._training_rule(in_stage, gain)
+            path_gain = row.get("seed_path_gain")
+            return self._training_rule(in_stage, gain if path_gain is None else float(path_gain))
         if stage == SeedStage.BLENDING:
             if float(row["seed_alpha"]) < 1.0:
                 return Action.WAIT, f"blending ramp in progress (alpha {float(row['seed_alpha']):.2f} < 1)"
@@ -92,10 +101,13 @@ class HeuristicTamiyo:
                            f"germinate ({blueprint.name.removeprefix('GERMINATE_').lower()} is next in rotation)")
 
     def _training_rule(self, in_stage: int, gain: float) -> tuple[Action, str]:
+        """`gain`: the seed path's validation accuracy over the host's, when the environment measures
+        it (`seed_path_gain`), else accuracy change since germination."""
         if in_stage >= self.advance_after and gain >= self.advance_gain:
-            return Action.ADVANCE, f"seed trained {in_stage} epochs and accuracy rose {gain:+.2f} points: blend it in"
+            return Action.ADVANCE, (f"seed trained {in_stage} epochs and improves accuracy {gain:+.2f} points: "
+                                    "blend it in")
         if in_stage >= self.cull_after and gain < -self.cull_loss:
-            return Action.CULL, f"seed trained {in_stage} epochs and accuracy fell {gain:+.2f} points: cull"
+            return Action.CULL, f"seed trained {in_stage} epochs and costs {gain:+.2f} points: cull"
         if in_stage >= self.max_training_epochs:
             return Action.CULL, f"seed trained {in_stage} epochs without earning an advance ({gain:+.2f}): cull"
         return Action.WAIT, f"seed training ({in_stage} epochs, {gain:+.2f} points): give it time"

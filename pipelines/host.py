@@ -49,6 +49,7 @@ class SeedSlot(nn.Module):
         self.seed: nn.Module | None = None
         self.lifecycle = SeedLifecycle()
         self._isolated: torch.Tensor | None = None
+        self.substitute = False  # evaluation only: a TRAINING seed replaces the slot's output
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @property
@@ -103,6 +104,8 @@ class SeedSlot(nn.Module):
         if self.seed is None:
             return x
         if stage == SeedStage.TRAINING:
+            if self.substitute:
+                return self.seed(x)
             if self.training and torch.is_grad_enabled():
                 self._isolated = self.seed(x.detach())
             return x

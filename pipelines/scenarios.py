@@ -6,7 +6,9 @@ is trained on (fewer examples, noisy labels); it is never written into the featu
 per episode as the cause a policy has to infer from the telemetry.
 
 - healthy: nothing goes wrong; nothing to fix, waiting is as good as any seed.
-- lr_too_low: host lr 30-300x below nominal, a slow steady climb; a residual conv seed helps by far.
+- lr_too_low: host lr 300-1000x below nominal: the host barely leaves chance, a stall that looks
+  like vanishing gradients in the loss curves; a residual conv seed (trained at the nominal rate)
+  rescues it, by far the most.
 - lr_too_high: host lr 15-30x above; accuracy oscillates until the schedule's final decay, then
   recovers. The curves look alarming, but seeds add nothing: the right call is to wait.
 - vanishing_gradients: batch-norm gains and head scaled by 0.025-0.04, so activations and
@@ -85,7 +87,7 @@ def _draw_params(name: str, rng: np.random.Generator) -> Scenario:
     if name == "healthy":
         return base
     if name == "lr_too_low":
-        return replace(base, lr=_log_uniform(rng, NOMINAL_LR / 300, NOMINAL_LR / 30))
+        return replace(base, lr=_log_uniform(rng, NOMINAL_LR / 1000, NOMINAL_LR / 300))
     if name == "lr_too_high":
         return replace(base, lr=_log_uniform(rng, NOMINAL_LR * 15, NOMINAL_LR * 30))
     if name == "vanishing_gradients":

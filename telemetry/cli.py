@@ -79,7 +79,9 @@ def _profiles_parser(sub: argparse._SubParsersAction) -> None:
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommand builders; each lives with the part of the project it drives."""
-    return [_profiles_parser, pack_cli.register]
+    from pipelines import generate_cli
+
+    return [_profiles_parser, pack_cli.register, generate_cli.register]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a path given that cannot be created, read or written (not a directory, ...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"esper: error: {where}{' '.join((exc.strerror or str(exc)).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("esper: interrupted", file=sys.stderr)
         return 130

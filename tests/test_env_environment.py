@@ -211,3 +211,24 @@ def test_scenario_shapes_the_episode_but_never_the_features(data):
     assert list(narrow.reset()) == list(row)
     for e in (env, plain, narrow):
         e.close()
+
+
+def test_seed_path_accuracy_is_the_host_with_the_seed_fully_blended(data):
+    """Only a TRAINING seed is evaluated; its accuracy equals the same weights run with the seed's
+    output in place of the slot's (a copy of the host with the seed fossilized, alpha = 1)."""
+    import copy
+
+    env = make_env(data)
+    env.reset()
+    assert env.policy_view({})["seed_path_gain"] is None
+    env.step(Action.GERMINATE_CONV)
+    assert env.seed_path_accuracy is None  # GERMINATED: not yet trained
+    env.step(Action.ADVANCE)
+    assert env.slot.stage == SeedStage.TRAINING
+    twin = copy.deepcopy(env.model).eval()
+    twin.slot1.lifecycle.stage = SeedStage.FOSSILIZED
+    with torch.no_grad():
+        expected = 100.0 * int((twin(env.x_val).argmax(1) == env.y_val).sum()) / len(env.y_val)
+    assert env.seed_path_accuracy == pytest.approx(expected, abs=1e-9)
+    assert env.policy_view({})["seed_path_gain"] == pytest.approx(expected - env.accuracy, abs=1e-9)
+    env.close()
