@@ -12,6 +12,7 @@ a test fails when the committed file is stale.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from telemetry.config import TelemetryConfig
 from telemetry.errors import PackError
@@ -53,6 +54,16 @@ class FileEntry(BaseModel):
     rows: int = Field(ge=0)
     bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _inside_pack(cls, path: str) -> str:
+        """A hand-edited '../x' or absolute path would make readers open a file outside the pack."""
+        parts = path.split("/")
+        if any(p in ("", ".", "..") for p in parts) or "\\" in path or "\0" in path or ":" in parts[0]:
+            raise ValueError(f"{path!r} is not a plain relative path inside the pack "
+                             "(no absolute path, '..', '.', empty part or backslash)")
+        return path
 
 
 class FeatureSpecEntry(BaseModel):
@@ -147,6 +158,12 @@ class Manifest(BaseModel):
         missing = [t for t in TABLES if t not in self.arrow_schemas]
         if missing:
             raise ValueError(f"arrow_schemas lacks table {missing[0]!r}")
+        for table, text in self.arrow_schemas.items():
+            try:
+                decode_schema(text)
+            except (ValueError, pa.ArrowException) as exc:  # binascii.Error is a ValueError
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ValueError(f"arrow_schemas.{table} is not a base64 Arrow IPC schema ({reason})") from None
         return self
 
     def arrow_schema(self, table: Table) -> pa.Schema:
@@ -223,16 +240,28 @@ def read_manifest(pack: str | os.PathLike[str]) -> Manifest:
         raise PackError(f"{path}: {_describe(exc)}") from None
 
 
+def named_os_error(exc: OSError, path: Path) -> OSError:
+    """`exc` with `path` as its filename: errors of write() and fsync() do not say which file failed."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
+
+
+# fsync of a directory is unsupported on some filesystems; any other failure (ENOSPC, EIO) is real
+_FSYNC_DIR_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF}
+
+
 def fsync_dir(path: Path) -> None:
-    """Make a rename or create inside `path` durable (no-op where directories cannot be opened)."""
+    """Make a rename or create inside `path` durable (no-op where directories cannot be fsynced)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in _FSYNC_DIR_UNSUPPORTED:
+            raise named_os_error(exc, path) from exc
     finally:
         os.close(fd)
 
@@ -241,10 +270,14 @@ def write_manifest(pack: Path, manifest: Manifest,
                    checkpoint: Callable[[str], None] = lambda stage: None) -> None:
     """Write to a temporary file, fsync, atomically replace manifest.json, fsync the directory."""
     tmp = pack / f".{MANIFEST_NAME}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:  # e.g. ENOSPC: name the file (write and fsync errors carry no name)
+        tmp.unlink(missing_ok=True)
+        raise named_os_error(exc, tmp) from exc
     checkpoint("manifest_staged")
     os.replace(tmp, pack / MANIFEST_NAME)
     fsync_dir(pack)

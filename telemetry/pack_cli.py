@@ -167,7 +167,10 @@ def resolve_query(text: str) -> str:
     queries = library()
     path = Path(text)
     if path.is_file():
-        return path.read_text(encoding="utf-8")
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EsperError(f"{path}: cannot read the SQL file ({exc}); expected UTF-8 text") from None
     if text in queries:
         return queries[text]
     if text.endswith(".sql"):

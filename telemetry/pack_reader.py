@@ -3,7 +3,10 @@
 Every reader takes its file list from the manifest and is handed the manifest's canonical Arrow
 schema, so files written by different commits read as one table and a file no commit lists (left
 by a crash) is never read. Before a file is first read its size is compared with the manifest, and
-with `verify=True` (the default) its sha256 too, once per Pack; a mismatch is a PackError naming it.
+once per Pack its footer's row count and, with `verify=True` (the default), its sha256 too; a mismatch
+is a PackError naming it. The row counts of each split's files must add up to its quick stats.
+`verify=False` therefore still catches missing, truncated, extended or foreign files and edited row
+counts, but not a same-size change to a file's bytes (a flipped bit): only the sha256 pass sees that.
 Every surface adds a `split` column, as hive partitioning would, so SQL written against a plain
 `read_parquet('PACK/steps/**/*.parquet', hive_partitioning=true)` runs unchanged.
 
@@ -24,9 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from telemetry.errors import PackError
-from telemetry.manifest import TABLES, FileEntry, Manifest, Table, read_manifest
+from telemetry.manifest import MANIFEST_NAME, TABLES, FileEntry, Manifest, Table, read_manifest
 from telemetry.pack_schema import SPLIT_COLUMN
 from telemetry.quick_stats import ColumnStats
 
@@ -47,7 +51,7 @@ class PackTensors(NamedTuple):
 
 
 def open_pack(path: str | os.PathLike[str], verify: bool = True) -> Pack:
-    """Open a committed pack; `verify=False` checks file sizes only (skips the sha256 pass)."""
+    """Open a committed pack; `verify=False` skips the sha256 pass (sizes and row counts are still checked)."""
     root = Path(path)
     return Pack(root, read_manifest(root), verify)
 
@@ -72,22 +76,45 @@ class Pack:
 
     def files(self, table: Table = "steps", split: str | Sequence[str] | None = None) -> list[Path]:
         """Checked paths of the committed files of a table, in commit order."""
-        return [self._checked(e) for e in self.manifest.files_of(_table(table), self._splits(split))]
+        table, splits = _table(table), self._splits(split)
+        paths = [self._checked(e) for e in self.manifest.files_of(table, splits)]
+        for name in splits:
+            self._check_counts(table, name)
+        return paths
 
     def _checked(self, entry: FileEntry) -> Path:
+        """Size on every call; once per Pack, the footer's row count and (with verify) the sha256."""
         path = self.path / entry.path
         try:
             size = path.stat().st_size
         except FileNotFoundError:
             raise PackError(f"{path}: listed in manifest.json but missing") from None
+        except OSError as exc:
+            raise PackError(f"{path}: cannot read ({exc.strerror or exc})") from None
         if size != entry.bytes:
             raise PackError(f"{path}: {size} bytes but manifest.json says {entry.bytes} "
                             "(damaged or replaced)")
-        if self.verify and entry.path not in self._verified:
-            if file_sha256(path) != entry.sha256:
+        if entry.path not in self._verified:
+            if self.verify and _sha256_of(path) != entry.sha256:
                 raise PackError(f"{path}: sha256 does not match manifest.json (damaged)")
+            try:
+                rows = pq.read_metadata(path).num_rows
+            except (OSError, pa.ArrowException) as exc:
+                raise PackError(f"{path}: not readable as Parquet ({str(exc).splitlines()[0]})") from None
+            if rows != entry.rows:
+                raise PackError(f"{path}: {rows} rows but manifest.json says {entry.rows} (damaged or edited)")
             self._verified.add(entry.path)
         return path
+
+    def _check_counts(self, table: Table, split: str) -> None:
+        """The files' row counts must add up to the split's quick stats (a removed entry does not)."""
+        stats = self.manifest.split_stats.get(split)
+        listed = sum(e.rows for e in self.manifest.files_of(table, [split]))
+        counted = None if stats is None else stats.steps if table == "steps" else stats.episodes
+        if counted is not None and listed != counted:
+            raise PackError(f"{self.path / MANIFEST_NAME}: the {table} files of split {split!r} list {listed} "
+                            f"rows but its quick stats count {counted} (a file entry edited or removed?); "
+                            f"run `esper validate {self.path}`")
 
     def _splits(self, split: str | Sequence[str] | None) -> list[str]:
         names = list(self.manifest.splits)
@@ -362,6 +389,13 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _sha256_of(path: Path) -> str:
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise PackError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _table(table: str) -> Table:

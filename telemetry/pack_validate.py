@@ -59,11 +59,14 @@ def _file_problems(root: Path, manifest: Manifest, entry: FileEntry) -> list[str
         return [f"{path}: listed as table {entry.table!r}, split {entry.split!r} but lies elsewhere"]
     if not path.is_file():
         return [f"{path}: listed in manifest.json but missing"]
-    size = path.stat().st_size
-    if size != entry.bytes:
-        return [f"{path}: {size} bytes but manifest.json says {entry.bytes}"]
-    if file_sha256(path) != entry.sha256:
-        return [f"{path}: sha256 does not match manifest.json"]
+    try:
+        size = path.stat().st_size
+        if size != entry.bytes:
+            return [f"{path}: {size} bytes but manifest.json says {entry.bytes}"]
+        if file_sha256(path) != entry.sha256:
+            return [f"{path}: sha256 does not match manifest.json"]
+    except OSError as exc:
+        return [f"{path}: cannot read ({exc.strerror or exc})"]
     try:
         meta = pq.read_metadata(path)
         schema = meta.schema.to_arrow_schema()

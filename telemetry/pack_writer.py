@@ -55,6 +55,7 @@ from telemetry.manifest import (
     Table,
     encode_schema,
     fsync_dir,
+    named_os_error,
     read_manifest,
     write_manifest,
 )
@@ -74,12 +75,26 @@ _IN_FLIGHT = 2
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
 
 
+_FAULT_KILL = os.environ.get("ESPER_FAULT_KILL")  # read once; see _checkpoint
+_fault_seen: dict[str, int] = {}
+
+
 def _checkpoint(stage: str) -> None:
     """A named step of the commit protocol; tests replace this to inject a crash between steps.
 
     Stages, in order: "staged", "renamed" (after each file), "manifest_staged", "manifest_replaced",
     and after compaction "old_deleted" (after each superseded file).
+
+    Fault-injection hook of the reliability tests (tests/test_reliability_kills.py): with
+    ESPER_FAULT_KILL="STAGE:N" in the environment at import, the process SIGKILLs itself the N-th
+    time it reaches STAGE. Unset (always, outside those tests), this is one comparison.
     """
+    if _FAULT_KILL is not None:
+        _fault_seen[stage] = _fault_seen.get(stage, 0) + 1
+        if _FAULT_KILL == f"{stage}:{_fault_seen[stage]}":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---- Parquet settings ----------------------------------------------------------------------------
@@ -169,15 +184,21 @@ class _FileSink:
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
-        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        try:
+            self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        except OSError as exc:  # e.g. ENOSPC: say which file (write and fsync errors carry no name)
+            raise named_os_error(exc, self.path) from exc
         self.rows += table.num_rows
 
     def close(self, table: Table, split: str) -> _StagedFile:
-        self._writer.close()
-        self._stream.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
+        try:
+            self._writer.close()
+            self._stream.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+        except OSError as exc:
+            raise named_os_error(exc, self.path) from exc
         digest = self._hashing.sha256.hexdigest()
         return _StagedFile(self.path, table, split, self.rows, self._hashing.size, digest)
 
@@ -511,6 +532,11 @@ class PackWriter:
         return self._manifest
 
     @property
+    def episode_ids(self) -> frozenset[str]:
+        """Ids of every episode in the pack: committed, and added since the last commit."""
+        return frozenset(self._known_ids)
+
+    @property
     def pending_rows(self) -> int:
         """Steps added since the last commit (buffered or already in staged files)."""
         return sum(s.uncommitted_rows for (t, _), s in self._streams.items() if t == "steps")
@@ -520,11 +546,13 @@ class PackWriter:
         self._check_open()
         staged: list[_StagedFile] = []
         split_stats = dict(self._manifest.split_stats)
+        self._state = "failed"  # until every stream is finished: a half-written staged file is never retried
         for (_, split), stream in self._streams.items():
             files, stats = stream.finish()
             staged += files
             split_stats[split] = split_stats.get(split, QuickStats()).merge(stats)
         self._streams.clear()
+        self._state = "open"
         if not staged:
             return self._manifest
         placed = [(f, self._entry_for(f)) for f in staged]
