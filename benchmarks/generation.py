@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from telemetry.config import load_config
 from telemetry.tracker import DiagnosticTracker
 
 VARIANTS = {"minimal": ("minimal", 0.0), "diagnostic": ("diagnostic", 0.0),
-            "diagnostic+counterfactual": ("diagnostic", 0.25)}
+            "diagnostic+counterfactual": ("diagnostic", GenerationSpec.counterfactual_fraction)}
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,6 +98,9 @@ def breakdown(args: argparse.Namespace, profile: str) -> dict[str, float]:
         dataset = load_dataset(args.dataset)
         spec = GenerationSpec(load_config(profile), dataset=args.dataset, epochs=args.epochs, seed=args.seed,
                               counterfactual_fraction=0.0)
+        with _one_thread():
+            run_episode(replace(spec, epochs=2), 0, dataset)  # warm-up: lazy imports (torch.optim's) and caches
+        timers.seconds.clear()
         start = time.perf_counter()
         with _one_thread():
             for i in range(args.breakdown_episodes):
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                               "settings": {k: v for k, v in vars(args).items() if k != "json"}}
     result.update(throughput(args))
     result["breakdown"] = {prof: breakdown(args, prof) for prof in ("minimal", "diagnostic")}
+    b = result["breakdown"]
+    result["episode_diagnostic_over_minimal"] = round(
+        b["diagnostic"]["seconds_per_episode"] / b["minimal"]["seconds_per_episode"], 3)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -135,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.workers} workers, {args.reps} repetitions (medians)")
     for name, eph in result["episodes_per_hour"].items():
         print(f"  {name:<28} {eph:8.1f} episodes/hour")
-    print(f"  diagnostic / minimal wall time: {result['diagnostic_over_minimal']:.3f}  (target <= 1.10)")
-    print(f"  counterfactual 0.25 / none:     {result['counterfactual_over_diagnostic']:.3f}")
+    print(f"  diagnostic / minimal wall time of the run: {result['diagnostic_over_minimal']:.3f}"
+          "  (includes start-up, dataset loading and pack creation, which dilute the ratio)")
+    print(f"  diagnostic / minimal time per episode (one thread, in-process): "
+          f"{result['episode_diagnostic_over_minimal']:.3f}  (target <= 1.10)")
+    print(f"  counterfactual {GenerationSpec.counterfactual_fraction} / none: "
+          f"{result['counterfactual_over_diagnostic']:.3f}")
     for prof, b in result["breakdown"].items():
         shares = ", ".join(f"{k.removesuffix('_share')} {v:.1%}" for k, v in b.items() if k.endswith("_share"))
         print(f"  {prof:<10} {b['seconds_per_episode']:.2f} s/episode on one thread; {shares}")

@@ -27,6 +27,7 @@ from pipelines.heuristic import HeuristicTamiyo
 @dataclass(frozen=True)
 class Rollouts:
     accuracy: dict[str, float]  # action name -> validation accuracy after the rollout
+    epochs: int  # epochs rolled out: k, or fewer when the episode ends first
 
     @property
     def best_action(self) -> str:
@@ -43,13 +44,14 @@ def rollouts(env: MorphogeneticEnv, valid: Sequence[Action], k: int,
     action the episode then takes (greedily) reproduces the episode exactly."""
     state = env.snapshot()
     accuracy: dict[str, float] = {}
+    epochs = min(k, env.epochs - 1 - env.epoch)
     try:
         for action in sorted(valid):
             env.restore(state)
             accuracy[action.name] = _rollout(env, action, k, policy)
     finally:
         env.restore(state)
-    return Rollouts(accuracy=accuracy)
+    return Rollouts(accuracy=accuracy, epochs=epochs)
 
 
 def _rollout(env: MorphogeneticEnv, first: Action, k: int, policy: HeuristicTamiyo) -> float:

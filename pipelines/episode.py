@@ -31,6 +31,9 @@ from pipelines.summary import EpisodeLog
 from telemetry.config import TelemetryConfig
 
 POLICIES = ("heuristic", "never")
+# A germinated seed leaves the host's output untouched until it blends: one epoch germinated, at
+# least three training, three ramping. Rollouts shorter than that tie every germination with WAIT.
+COUNTERFACTUAL_EPOCHS = 10
 _EXPLORE_STREAM, _BRANCH_STREAM = 0xE9, 0xCF
 
 
@@ -46,7 +49,8 @@ class GenerationSpec:
     device: str = "cpu"
     policy: str = "heuristic"
     epsilon: float = 0.1
-    counterfactual_fraction: float = 0.25
+    counterfactual_fraction: float = 0.1
+    counterfactual_epochs: int = COUNTERFACTUAL_EPOCHS
     hindsight_epochs: int = HINDSIGHT_EPOCHS
     scenarios: tuple[str, ...] = SCENARIOS
     options: EnvOptions = field(default_factory=EnvOptions)
@@ -100,7 +104,7 @@ def run_episode(spec: GenerationSpec, index: int, dataset: Dataset) -> EpisodeRe
             t = env.epoch
             mask = env.valid_mask()
             valid = [a for a in Action if mask[a]]
-            counter = (rollouts(env, valid, spec.hindsight_epochs, policy)
+            counter = (rollouts(env, valid, spec.counterfactual_epochs, policy)
                        if branch[t] and len(valid) > 1 and isinstance(policy, HeuristicTamiyo) else None)
             view = env.policy_view(row)
             decision = policy.act(view, list(mask), explore)
@@ -136,6 +140,7 @@ def _decision_row(row: dict[str, Any], decision: Decision, mask: np.ndarray, con
         counterfactual=None if counter is None else [
             {"action": a, "accuracy": acc} for a, acc in counter.accuracy.items()],
         best_action=None if counter is None else counter.best_action,
+        counterfactual_epochs=None if counter is None else counter.epochs,
     )
     return out
 

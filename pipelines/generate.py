@@ -68,6 +68,8 @@ def check_spec(spec: GenerationSpec, episodes: int, workers: int) -> None:
         raise GenerationError(f"epsilon must be in [0, 1], got {spec.epsilon}")
     if not 0.0 <= spec.counterfactual_fraction <= 1.0:
         raise GenerationError(f"--counterfactual must be in [0, 1], got {spec.counterfactual_fraction}")
+    if spec.counterfactual_epochs < 1:
+        raise GenerationError(f"--counterfactual-epochs must be >= 1, got {spec.counterfactual_epochs}")
     if spec.hindsight_epochs < 1:
         raise GenerationError(f"--hindsight-epochs must be >= 1, got {spec.hindsight_epochs}")
     if spec.policy not in POLICIES:

@@ -7,7 +7,7 @@ import os
 
 from pipelines.annotations import HINDSIGHT_EPOCHS
 from pipelines.datasets import DATASETS
-from pipelines.episode import POLICIES
+from pipelines.episode import COUNTERFACTUAL_EPOCHS, POLICIES
 from pipelines.scenarios import SCENARIOS
 
 
@@ -29,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="complete an interrupted pack to --episodes")
     p.add_argument("--policy", default="heuristic", choices=POLICIES, help="behaviour policy")
     p.add_argument("--epsilon", type=float, default=0.1, help="exploration rate of the heuristic")
-    p.add_argument("--counterfactual", type=float, default=0.25, metavar="FRACTION",
-                   help="share of decision steps branched to roll out every valid action (default 0.25)")
+    p.add_argument("--counterfactual", type=float, default=0.1, metavar="FRACTION",
+                   help="share of decision steps branched to roll out every valid action (default 0.1)")
+    p.add_argument("--counterfactual-epochs", type=int, default=COUNTERFACTUAL_EPOCHS, metavar="K",
+                   help=f"epochs each counterfactual rollout runs (default {COUNTERFACTUAL_EPOCHS})")
     p.add_argument("--hindsight-epochs", type=int, default=HINDSIGHT_EPOCHS, metavar="K",
                    help=f"epochs after a decision that hindsight looks at (default {HINDSIGHT_EPOCHS})")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated scenario mix")
@@ -47,7 +49,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         config=load_config(args.profile, args.config, args.overrides),
         dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, epochs=args.epochs,
         device=args.device, policy=args.policy, epsilon=args.epsilon,
-        counterfactual_fraction=args.counterfactual, hindsight_epochs=args.hindsight_epochs,
+        counterfactual_fraction=args.counterfactual, counterfactual_epochs=args.counterfactual_epochs,
+        hindsight_epochs=args.hindsight_epochs,
         scenarios=tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
     )
     report = generate(spec, args.out, args.episodes, workers=args.workers, resume=args.resume,

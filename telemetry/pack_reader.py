@@ -177,13 +177,17 @@ class Pack:
         if episodes is not None:
             ids = [episodes] if isinstance(episodes, str) else list(episodes)
             expression = ds.field("episode_id").isin(pa.array(ids, pa.string()))
-        dataset = ds.dataset(paths, schema=self._schemas[table], format="parquet")
-        try:
+        try:  # a file can vanish between the checks and the scan (a writer compacting meanwhile)
+            dataset = ds.dataset(paths, schema=self._schemas[table], format="parquet")
             if as_table:
                 yield dataset.to_table(columns=columns, filter=expression)
             else:
                 yield from dataset.to_batches(columns=columns, filter=expression)
         except (OSError, pa.ArrowException) as exc:
+            text = " ".join(str(exc).split())
+            if isinstance(exc, FileNotFoundError) or "No such file" in text:
+                raise PackError(f"{self.path}: a {table} file of split {split!r} is missing ({text}); a writer "
+                                "compacted the pack after it was opened: open it again") from None
             raise PackError(f"{self.path}: cannot read the {table} files of split {split!r}: "
                             f"{str(exc).splitlines()[0]}") from None
 

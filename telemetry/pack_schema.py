@@ -60,6 +60,7 @@ DECISION_FIELDS: tuple[pa.Field, ...] = (
     pa.field("hindsight_epochs", pa.int32()),
     pa.field("was_good_decision", pa.bool_()),
     pa.field("counterfactual", pa.list_(_COUNTERFACTUAL)),
+    pa.field("counterfactual_epochs", pa.int32()),
     pa.field("best_action", pa.string()),
 )
 

@@ -46,7 +46,7 @@ def _duckdb_columns(pack, columns: list[str], split: str | None) -> dict[str, tu
 def test_column_stats_equal_duckdb_recomputation(pack, split):
     manifest = read_manifest(pack)
     stats = manifest.quick_stats if split is None else manifest.split_stats[split]
-    assert len(stats.columns) == len(manifest.feature_schema.features) + 6  # + the numeric decision columns
+    assert len(stats.columns) == len(manifest.feature_schema.features) + 7  # + the numeric decision columns
     recomputed = _duckdb_columns(pack, list(stats.columns), split)
     assert any(s.nonfinite_count for s in stats.columns.values())
     assert any(s.null_count for s in stats.columns.values())
