@@ -17,7 +17,7 @@ if ! python -c "import torch" >/dev/null 2>&1; then
     else
         pip install -q "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "^WARNING: Location" >&2 || true
     fi
-    python -c "import torch" || { echo "bootstrap: torch failed to install" >&2; exit 1; }
+    python -W ignore -c "import torch" 2>/dev/null || { echo "bootstrap: torch failed to install" >&2; exit 1; }
 fi
 stamp=.venv/.esper-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
