@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pack_helpers import AWKWARD, assert_bit_equal, sort
 from pydantic import BaseModel
+from test_feature_schema import BASE_27  # REFERENCE.md's base block, written out once
 
 from pipelines.host import HostCNN
 from telemetry.config import GradientConfig, TelemetryConfig, profile_names
@@ -107,13 +108,6 @@ def test_the_config_strategy_covers_every_field(drawn: dict[str, Any]) -> None:
 
 # ---- (a) schemas ---------------------------------------------------------------------------------
 
-BASE_27 = [
-    "epoch", "global_step", "train_loss", "val_loss", "loss_delta", "train_accuracy", "val_accuracy",
-    "accuracy_delta", "plateau_epochs", "best_val_accuracy", "best_val_loss",
-    "val_loss_lag4", "val_loss_lag3", "val_loss_lag2", "val_loss_lag1", "val_loss_lag0",
-    "val_accuracy_lag4", "val_accuracy_lag3", "val_accuracy_lag2", "val_accuracy_lag1", "val_accuracy_lag0",
-    "has_active_seed", "seed_stage", "seed_epochs_in_stage", "seed_alpha", "seed_improvement", "available_slots",
-]
 
 
 def expected_gradient_features(config: TelemetryConfig) -> int:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_tracker_stats import TinyNet
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -53,19 +54,6 @@ class SlotNet(nn.Module):
 
     def seed_slots(self) -> dict[str, nn.Module | None]:
         return {"slot0": self.slot0.seed, "slot1": self.slot1.seed}
-
-
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc1 = nn.Linear(64, 40)
-        self.fc2 = nn.Linear(40, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn(self.conv(x)))
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
 def batches(n: int, size: int = 4, seed: int = 0, side: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
