@@ -277,8 +277,13 @@ class Pack:
                         f"a group ({', '.join(groups)}) or a feature of this pack")
 
     def tensors(self, features: str | Sequence[str] = "all", split: str | Sequence[str] | None = None,
-                episodes: str | Iterable[str] | None = None, normalize: bool | str = False) -> PackTensors:
+                episodes: str | Iterable[str] | None = None, normalize: bool | str = False,
+                labels: str = "action") -> PackTensors:
         """Features as one float32 matrix, with action labels and valid-action masks.
+
+        `labels` names the steps column of action names the labels come from: "action" (what the
+        behaviour policy did) or "best_action" (the counterfactual oracle's choice, null where the
+        step was not branched). A null label is NO_ACTION, which torch's cross-entropy ignores.
 
         Nulls become 0.0. With `normalize`, each feature is standardised with quick-stat mean and
         std (population, finite values) before nulls are filled, so a null lands on the mean:
@@ -289,27 +294,32 @@ class Pack:
         import torch
 
         names = self.feature_names(features)
-        centre, scale = self._normalisation(names, normalize)
-        columns = [*names, "action", "action_mask"]
-        blocks = (self._batch_arrays(batch, names, centre, scale)
+        centre, scale = self.normalisation(names, normalize)
+        if labels not in ("action", "best_action"):
+            raise PackError(f"labels: {labels!r}; expected 'action' or 'best_action'")
+        columns = [*names, labels, "action_mask"]
+        blocks = (self._batch_arrays(batch, names, centre, scale, labels)
                   for name in self._splits(split)
                   for batch in self._scan("steps", name, columns, episodes, as_table=False) if batch.num_rows)
         if episodes is None:  # the row count is known: fill one matrix while batches stream by
             rows = sum(e.rows for e in self.manifest.files_of("steps", self._splits(split)))
             matrix = torch.empty((rows, len(names)), dtype=torch.float32)
-            labels, masks = _fill(matrix.numpy(), blocks)
+            targets, masks = _fill(matrix.numpy(), blocks)
         else:
             parts = list(blocks)
             matrix = torch.empty((sum(p[0].shape[1] for p in parts), len(names)), dtype=torch.float32)
-            labels, masks = _fill(matrix.numpy(), iter(parts))
-        if len(labels) != matrix.shape[0]:
-            raise PackError(f"{self.path}: steps files hold {len(labels)} rows but manifest.json lists "
+            targets, masks = _fill(matrix.numpy(), iter(parts))
+        if len(targets) != matrix.shape[0]:
+            raise PackError(f"{self.path}: steps files hold {len(targets)} rows but manifest.json lists "
                             f"{matrix.shape[0]}; run `esper validate {self.path}`")
         masks = masks if len(masks) else np.zeros((0, len(self.manifest.actions)), dtype=bool)
-        return PackTensors(matrix, torch.from_numpy(labels), torch.from_numpy(masks), names)
+        return PackTensors(matrix, torch.from_numpy(targets), torch.from_numpy(masks), names)
 
-    def _normalisation(self, names: list[str],
-                       normalize: bool | str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def normalisation(self, names: list[str],
+                      normalize: bool | str = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(centre, scale) per feature as `tensors(normalize=...)` applies them; (None, None) for False.
+
+        A saved policy keeps these so it standardises live rows exactly as its training data was."""
         if normalize is False:
             return None, None
         if normalize is True or normalize == "train":
@@ -331,7 +341,7 @@ class Pack:
         return centre, scale
 
     def _batch_arrays(self, batch: pa.RecordBatch, names: list[str], centre: np.ndarray | None,
-                      scale: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      scale: np.ndarray | None, labels: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batch as a feature-major block [features, rows], labels and masks."""
         block = np.empty((len(names), batch.num_rows), dtype=np.float32)
         for j, name in enumerate(names):
@@ -344,7 +354,7 @@ class Pack:
                 out /= scale[j]
             if column.null_count:
                 out[column.is_null().to_numpy(zero_copy_only=False)] = 0.0
-        return block, _labels(batch.column("action"), self.manifest.actions), \
+        return block, _labels(batch.column(labels), self.manifest.actions), \
             _masks(batch.column("action_mask"), len(self.manifest.actions))
 
 
