@@ -13,6 +13,7 @@ the hindsight columns filled once the episode is over (see `annotations.hindsigh
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -26,11 +27,12 @@ from pipelines.counterfactual import Rollouts, rollouts
 from pipelines.datasets import Dataset
 from pipelines.environment import SLOT, EnvOptions, MorphogeneticEnv, episode_seed
 from pipelines.heuristic import Decision, HeuristicTamiyo, NeverGerminate
+from pipelines.learned_policy import LearnedPolicy, PolicyError
 from pipelines.scenarios import SCENARIOS, draw_scenario
 from pipelines.summary import EpisodeLog
 from telemetry.config import TelemetryConfig
 
-POLICIES = ("heuristic", "never")
+POLICIES = ("heuristic", "never")  # besides these, `policy` may be the directory of a saved LearnedPolicy
 # A germinated seed leaves the host's output untouched until it blends: one epoch germinated, at
 # least three training, three ramping. Rollouts shorter than that tie every germination with WAIT.
 COUNTERFACTUAL_EPOCHS = 10
@@ -47,7 +49,8 @@ class GenerationSpec:
     seed: int = 0
     epochs: int = 25
     device: str = "cpu"
-    policy: str = "heuristic"
+    policy: str = "heuristic"  # a name in POLICIES, or a saved policy's directory
+    policy_sha256: str | None = None  # a saved policy's weights checksum, so --resume cannot switch models
     epsilon: float = 0.1
     counterfactual_fraction: float = 0.1
     counterfactual_epochs: int = COUNTERFACTUAL_EPOCHS
@@ -78,10 +81,22 @@ def _stream(spec: GenerationSpec, index: int, tag: int) -> int:
     return int(np.random.SeedSequence([spec.seed, index, tag]).generate_state(1)[0])
 
 
-def _policy(spec: GenerationSpec, index: int) -> HeuristicTamiyo | NeverGerminate:
+def _policy(spec: GenerationSpec, index: int) -> HeuristicTamiyo | NeverGerminate | LearnedPolicy:
     if spec.policy == "never":
         return NeverGerminate()
-    return HeuristicTamiyo(epsilon=spec.epsilon, blueprint_offset=index % 4)
+    if spec.policy == "heuristic":
+        return HeuristicTamiyo(epsilon=spec.epsilon, blueprint_offset=index % 4)
+    return load_policy(spec.policy, spec.policy_sha256)
+
+
+@functools.lru_cache(maxsize=4)
+def load_policy(directory: str, weights_sha256: str | None) -> LearnedPolicy:
+    """A saved policy, loaded once per process; refused if its weights are not the ones the run named."""
+    policy = LearnedPolicy.load(directory)
+    if weights_sha256 is not None and policy.weights_sha256 != weights_sha256:
+        raise PolicyError(f"{directory}: the policy's weights changed since this run started "
+                          f"(sha256 {policy.weights_sha256[:12]}..., run has {weights_sha256[:12]}...)")
+    return policy
 
 
 def run_episode(spec: GenerationSpec, index: int, dataset: Dataset) -> EpisodeResult:

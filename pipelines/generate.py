@@ -19,16 +19,18 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipelines.actions import ACTION_NAMES
 from pipelines.datasets import Dataset, load_dataset
 from pipelines.episode import POLICIES, EpisodeResult, GenerationSpec, episode_id, run_episode
 from pipelines.host import HostCNN
+from pipelines.learned_policy import POLICY_FILE, LearnedPolicy
 from pipelines.progress import Progress
 from pipelines.scenarios import SCENARIOS
 from telemetry.errors import EsperError
@@ -72,8 +74,12 @@ def check_spec(spec: GenerationSpec, episodes: int, workers: int) -> None:
         raise GenerationError(f"--counterfactual-epochs must be >= 1, got {spec.counterfactual_epochs}")
     if spec.hindsight_epochs < 1:
         raise GenerationError(f"--hindsight-epochs must be >= 1, got {spec.hindsight_epochs}")
-    if spec.policy not in POLICIES:
-        raise GenerationError(f"--policy {spec.policy!r} is unknown; expected one of: {', '.join(POLICIES)}")
+    if spec.policy not in POLICIES and not (Path(spec.policy) / POLICY_FILE).is_file():
+        raise GenerationError(f"--policy {spec.policy!r}: expected {', '.join(POLICIES)}, or a policy directory "
+                              "written by `esper train`")
+    if spec.policy != "heuristic" and spec.counterfactual_fraction > 0:
+        raise GenerationError(f"--counterfactual {spec.counterfactual_fraction} needs --policy heuristic (the "
+                              "rollouts continue with the heuristic); use --counterfactual 0 with this policy")
     unknown = [s for s in spec.scenarios if s not in SCENARIOS]
     if unknown or not spec.scenarios:
         raise GenerationError(f"--scenarios: {unknown[0] if unknown else 'empty'!r} is not a scenario; "
@@ -110,6 +116,8 @@ def generate(spec: GenerationSpec, out: str | Path, episodes: int, *, workers: i
     dataset = load_dataset(spec.dataset, spec.data_dir)
     host = reference_host(dataset, spec)
     schema = build_feature_schema(spec.config, host, dataset.num_classes)
+    if spec.policy not in POLICIES:
+        spec = _with_learned_policy(spec, schema)
     writer = _open(out, spec, schema, host, dataset, episodes, resume)
     start = time.monotonic()
     try:
@@ -133,6 +141,17 @@ def generate(spec: GenerationSpec, out: str | Path, episodes: int, *, workers: i
         writer.abort()
         raise
     return GenerationReport(out, len(todo), episodes, time.monotonic() - start)
+
+
+def _with_learned_policy(spec: GenerationSpec, schema: FeatureSchema) -> GenerationSpec:
+    """Check a saved policy against the features this run records, and pin it by path and checksum."""
+    policy = LearnedPolicy.load(spec.policy)
+    policy.check_features(schema.names, f"--profile {spec.config.profile_name} on {spec.dataset}")
+    policy.check_actions(ACTION_NAMES, "the environment")
+    if spec.policy_sha256 is not None and spec.policy_sha256 != policy.weights_sha256:
+        raise GenerationError(f"--policy {spec.policy}: weights sha256 {policy.weights_sha256} differs from the "
+                              f"requested {spec.policy_sha256}")
+    return replace(spec, policy=str(Path(spec.policy).resolve()), policy_sha256=policy.weights_sha256)
 
 
 def _open(out: Path, spec: GenerationSpec, schema: FeatureSchema, host: HostCNN, dataset: Dataset,

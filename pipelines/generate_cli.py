@@ -27,10 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--resume", action="store_true", help="complete an interrupted pack to --episodes")
-    p.add_argument("--policy", default="heuristic", choices=POLICIES, help="behaviour policy")
+    p.add_argument("--policy", default="heuristic", metavar="POLICY",
+                   help=f"behaviour policy: {' or '.join(POLICIES)} (default heuristic), or a directory "
+                        "written by `esper train`")
     p.add_argument("--epsilon", type=float, default=0.1, help="exploration rate of the heuristic")
-    p.add_argument("--counterfactual", type=float, default=0.1, metavar="FRACTION",
-                   help="share of decision steps branched to roll out every valid action (default 0.1)")
+    p.add_argument("--counterfactual", type=float, metavar="FRACTION",
+                   help="share of decision steps branched to roll out every valid action "
+                        "(default 0.1 with the heuristic policy, else 0)")
     p.add_argument("--counterfactual-epochs", type=int, default=COUNTERFACTUAL_EPOCHS, metavar="K",
                    help=f"epochs each counterfactual rollout runs (default {COUNTERFACTUAL_EPOCHS})")
     p.add_argument("--hindsight-epochs", type=int, default=HINDSIGHT_EPOCHS, metavar="K",
@@ -49,7 +52,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         config=load_config(args.profile, args.config, args.overrides),
         dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, epochs=args.epochs,
         device=args.device, policy=args.policy, epsilon=args.epsilon,
-        counterfactual_fraction=args.counterfactual, counterfactual_epochs=args.counterfactual_epochs,
+        counterfactual_fraction=_counterfactual(args), counterfactual_epochs=args.counterfactual_epochs,
         hindsight_epochs=args.hindsight_epochs,
         scenarios=tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
     )
@@ -58,3 +61,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"{report.path}: {report.total} episodes ({report.added} generated in {report.seconds:.1f} s); "
           f"next: esper inspect {report.path}")
     return 0
+
+
+def _counterfactual(args: argparse.Namespace) -> float:
+    """Rollouts continue with the heuristic, so only heuristic runs branch unless asked otherwise."""
+    if args.counterfactual is not None:
+        return args.counterfactual
+    return 0.1 if args.policy == "heuristic" else 0.0

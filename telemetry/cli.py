@@ -79,9 +79,9 @@ def _profiles_parser(sub: argparse._SubParsersAction) -> None:
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommand builders; each lives with the part of the project it drives."""
-    from pipelines import generate_cli
+    from pipelines import compare_cli, generate_cli, train_cli
 
-    return [_profiles_parser, pack_cli.register, generate_cli.register]
+    return [_profiles_parser, pack_cli.register, generate_cli.register, train_cli.register, compare_cli.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

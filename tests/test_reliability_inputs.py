@@ -24,6 +24,7 @@ from telemetry.cli import main
 
 Setup = Callable[[Path], None]
 GEN = ["generate", "--out", "{tmp}/out", "--dataset", "synthetic", "--epochs", "3", "--quiet"]
+TRAIN = ["train", "{pack}", "--out", "{tmp}/model", "--target", "heuristic"]
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,15 @@ CASES: list[Case] = [
     Case("generate-hindsight-zero", [*GEN, "--episodes", "2", "--hindsight-epochs", "0"],
          "--hindsight-epochs must be >= 1"),
     Case("generate-epochs-not-int", [*GEN, "--episodes", "2", "--epochs", "2.5"], "invalid int value: '2.5'"),
-    Case("generate-policy", [*GEN, "--episodes", "2", "--policy", "random"], "invalid choice: 'random'"),
+    Case("generate-policy", [*GEN, "--episodes", "2", "--policy", "random"],
+         "--policy 'random': expected heuristic, never, or a policy directory written by `esper train`"),
+    Case("generate-policy-dir-without-policy", [*GEN, "--episodes", "2", "--policy", "{tmp}"],
+         "expected heuristic, never, or a policy directory"),
+    Case("generate-policy-not-json", [*GEN, "--episodes", "2", "--policy", "{tmp}/model"],
+         "model/policy.json: not valid JSON", write("model/policy.json", '{"format": ')),
+    Case("generate-policy-wrong-format", [*GEN, "--episodes", "2", "--policy", "{tmp}/model"],
+         "format is 'esper-policy/0'; expected 'esper-policy/1'",
+         write("model/policy.json", '{"format": "esper-policy/0"}')),
     Case("generate-dataset", [*GEN, "--episodes", "2", "--dataset", "mnist"], "invalid choice: 'mnist'"),
     Case("generate-scenarios-empty", [*GEN, "--episodes", "2", "--scenarios", " , "], "--scenarios"),
     Case("generate-device", [*GEN, "--episodes", "2", "--device", "gpu"], "--device must be cpu or cuda"),
@@ -171,6 +180,24 @@ CASES: list[Case] = [
          write("out/manifest.json", "")),
     Case("generate-resume-foreign-pack", [*GEN[:2], "{pack}", *GEN[3:], "--episodes", "4", "--resume"],
          "was not written by `esper generate`"),
+    # train: refused before anything is written at --out
+    Case("train-nonexistent-pack", [*TRAIN[:1], "{tmp}/nowhere", *TRAIN[2:], "--features", "all"],
+         "nowhere: no such pack"),
+    Case("train-unknown-feature", [*TRAIN, "--features", "base,val_los"], "'val_los' is not a profile"),
+    Case("train-empty-selection", [*TRAIN, "--features", " , "], "features: empty selection"),
+    Case("train-unknown-target", [*TRAIN[:-2], "--target", "best", "--features", "all"],
+         "argument --target: invalid choice: 'best'"),
+    Case("train-missing-features", TRAIN, "the following arguments are required: --features"),
+    Case("train-out-not-empty", [*TRAIN, "--features", "all"], "exists and is not empty",
+         write("model/notes.txt", "precious\n")),
+    Case("train-out-is-a-file", [*TRAIN, "--features", "all"], "exists and is not empty", write("model", "x")),
+    Case("train-lr-inf", [*TRAIN, "--features", "all", "--lr", "inf"], "--lr must be a finite number > 0"),
+    Case("train-max-epochs-zero", [*TRAIN, "--features", "all", "--max-epochs", "0"], "--max-epochs must be"),
+    Case("train-empty-pack", [*TRAIN[:1], "{empty}", *TRAIN[2:], "--features", "all"],
+         "the train split holds no episodes"),
+    Case("train-pack-without-val", [*TRAIN, "--features", "all"], "the val split holds no episodes"),
+    Case("train-not-a-pack", [*TRAIN[:1], "{tmp}/dir", *TRAIN[2:], "--features", "all"], "not a pack",
+         write("dir/notes.txt", "x")),
     # inspect / query / validate: packs that are absent, empty, damaged or hostile
     Case("no-command", [], "the following arguments are required: command"),
     Case("inspect-nonexistent", ["inspect", "{tmp}/nowhere"], "nowhere: no such pack"),
