@@ -497,11 +497,11 @@ class DiskFull:
                 raise _enospc(str(src), None, str(dst))  # type: ignore[arg-type]
             real_replace(src, dst)
 
-        def link(src: Any, dst: Any) -> None:
+        def link(src: Any, dst: Any, **kwargs: Any) -> None:
             if self.armed and where == "link":
                 self.hits += 1
                 raise _enospc(str(src), None, str(dst))  # type: ignore[arg-type]
-            real_link(src, dst)
+            real_link(src, dst, **kwargs)
 
         def data_write(file: Any, data: Any) -> int:
             if self.armed and where == "data_write":
