@@ -314,6 +314,7 @@ def _decisions(grid: Grid, s: dict[str, np.ndarray]) -> dict[str, Any]:
         "hindsight_accuracy": _flat(grid, later), "hindsight_epochs": _flat(grid, horizon),
         "was_good_decision": np.where(_valid(good_cf), _values(good_cf, False), _flat(grid, good)),
         "counterfactual": counterfactual, "best_action": best,
+        "counterfactual_epochs": (np.full(len(flat_action), 10), ~_valid(counterfactual)),  # rollout length
     }
 
 

@@ -36,7 +36,8 @@ from pipelines.scenarios import SCENARIOS
 from telemetry.errors import EsperError
 from telemetry.feature_schema import FeatureSchema, build_feature_schema
 from telemetry.manifest import MANIFEST_NAME, Manifest, read_manifest
-from telemetry.pack_lock import LOCK_NAME, WriterLock
+from telemetry.pack_layout import interrupted_create, remove
+from telemetry.pack_lock import WriterLock
 from telemetry.pack_schema import profile_feature_names
 from telemetry.pack_writer import PackWriter
 
@@ -171,11 +172,11 @@ def _open(out: Path, spec: GenerationSpec, schema: FeatureSchema, host: HostCNN,
 
 
 def _clear_interrupted_create(out: Path) -> None:
-    """A run killed between taking a new pack's lock and its first manifest leaves only these files."""
-    leftovers = (out / LOCK_NAME, out / f".{MANIFEST_NAME}.tmp")
-    if {p.name for p in out.iterdir()} <= {p.name for p in leftovers}:
+    """A run killed between taking a new pack's lock and publishing its first manifest leaves only
+    the lock file, the pack's links and an unpublished version folder."""
+    if interrupted_create(out) is not None:
         lock = WriterLock.acquire(out)  # refused while that run is still alive
-        leftovers[1].unlink(missing_ok=True)
+        remove(interrupted_create(out) or [])
         lock.release()  # removes the lock file: the folder is empty again
 
 

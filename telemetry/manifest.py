@@ -2,8 +2,9 @@
 
 A pack's data files are only data; `manifest.json` is the commit record. It holds the resolved
 telemetry config, the feature schema, the canonical Arrow schemas every reader is handed, the list
-of committed files with row counts, sizes and sha256 checksums, quick stats and provenance. It is
-replaced atomically and last, so a reader sees either the previous commit or the next one.
+of committed files with row counts, sizes and sha256 checksums, quick stats and provenance. Each
+commit's manifest is written into that commit's version folder, which one atomic rename publishes
+(see pack_layout), so a reader sees either the previous commit or the next one.
 
 `schemas/manifest.schema.json` is generated from these models (`python -m telemetry.manifest`);
 a test fails when the committed file is stale.
@@ -16,7 +17,7 @@ import errno
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -266,22 +267,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_manifest(pack: Path, manifest: Manifest,
-                   checkpoint: Callable[[str], None] = lambda stage: None) -> None:
-    """Write to a temporary file, fsync, atomically replace manifest.json, fsync the directory."""
-    tmp = pack / f".{MANIFEST_NAME}.tmp"
+def write_manifest_file(path: Path, text: str) -> None:
+    """Write a manifest into a version folder no reader sees yet and fsync it (see pack_layout)."""
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(manifest.to_json())
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:  # e.g. ENOSPC: name the file (write and fsync errors carry no name)
-        tmp.unlink(missing_ok=True)
-        raise named_os_error(exc, tmp) from exc
-    checkpoint("manifest_staged")
-    os.replace(tmp, pack / MANIFEST_NAME)
-    fsync_dir(pack)
-    checkpoint("manifest_replaced")
+        path.unlink(missing_ok=True)
+        raise named_os_error(exc, path) from exc
 
 
 def manifest_json_schema() -> dict[str, Any]:

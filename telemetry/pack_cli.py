@@ -260,7 +260,7 @@ def _table(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from telemetry.manifest import read_manifest
-    from telemetry.pack_validate import validate_pack
+    from telemetry.pack_validate import leftovers, validate_pack
 
     problems = validate_pack(args.pack)
     for problem in problems:
@@ -270,4 +270,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.pack)
     stats = manifest.quick_stats
     print(f"{args.pack}: sound ({len(manifest.files)} files, {stats.episodes} episodes, {stats.steps} steps)")
+    unused = leftovers(Path(args.pack))
+    if unused:
+        print(f"note: left by an interrupted write, read by nothing, deleted by the next writer: "
+              f"{', '.join(str(p) for p in unused)}")
     return 0

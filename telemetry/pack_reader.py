@@ -1,8 +1,11 @@
 """Reading a pack as Arrow tables, a polars LazyFrame, DuckDB views or torch tensors.
 
 Every reader takes its file list from the manifest and is handed the manifest's canonical Arrow
-schema, so files written by different commits read as one table and a file no commit lists (left
-by a crash) is never read. Before a file is first read its size is compared with the manifest, and
+schema, so files written by different commits read as one table and a file no commit lists is never
+read. Paths lead through `PACK/current` (see pack_layout); a file that a later commit superseded
+(a compaction while this Pack was open) is read from this manifest's own version folder while the
+writer keeps it (one commit longer). A file whose real path lies outside the pack (a planted link)
+is refused. Before a file is first read its size is compared with the manifest, and
 once per Pack its footer's row count and, with `verify=True` (the default), its sha256 too; a mismatch
 is a PackError naming it. The row counts of each split's files must add up to its quick stats.
 `verify=False` therefore still catches missing, truncated, extended or foreign files and edited row
@@ -31,6 +34,7 @@ import pyarrow.parquet as pq
 
 from telemetry.errors import PackError
 from telemetry.manifest import MANIFEST_NAME, TABLES, FileEntry, Manifest, Table, read_manifest
+from telemetry.pack_layout import inside, is_versioned, version_dir
 from telemetry.pack_schema import SPLIT_COLUMN
 from telemetry.quick_stats import ColumnStats
 
@@ -63,6 +67,8 @@ class Pack:
         self.verify = verify
         self._schemas = {t: manifest.arrow_schema(t) for t in TABLES}
         self._verified: set[str] = set()
+        # where this manifest's files stay while a newer commit supersedes some (None: an older layout)
+        self._version = version_dir(root, manifest.commit) if is_versioned(root) else None
 
     def __repr__(self) -> str:
         s = self.manifest.quick_stats
@@ -83,28 +89,43 @@ class Pack:
         return paths
 
     def _checked(self, entry: FileEntry) -> Path:
-        """Size on every call; once per Pack, the footer's row count and (with verify) the sha256."""
-        path = self.path / entry.path
+        """Size on every call; once per Pack, the footer's row count and (with verify) the sha256.
+
+        Returns the path to open; messages name the file as the manifest does (`PACK/<entry.path>`).
+        """
+        named = path = self.path / entry.path
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            raise PackError(f"{path}: listed in manifest.json but missing") from None
+            path, size = self._superseded(entry)
         except OSError as exc:
-            raise PackError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            raise PackError(f"{named}: cannot read ({exc.strerror or exc})") from None
         if size != entry.bytes:
-            raise PackError(f"{path}: {size} bytes but manifest.json says {entry.bytes} "
+            raise PackError(f"{named}: {size} bytes but manifest.json says {entry.bytes} "
                             "(damaged or replaced)")
         if entry.path not in self._verified:
-            if self.verify and _sha256_of(path) != entry.sha256:
-                raise PackError(f"{path}: sha256 does not match manifest.json (damaged)")
+            if not inside(self.path, path):
+                raise PackError(f"{named}: leads outside the pack (through a symbolic link); "
+                                f"run `esper validate {self.path}`")
+            if self.verify and _sha256_of(path, named) != entry.sha256:
+                raise PackError(f"{named}: sha256 does not match manifest.json (damaged)")
             try:
                 rows = pq.read_metadata(path).num_rows
             except (OSError, pa.ArrowException) as exc:
-                raise PackError(f"{path}: not readable as Parquet ({str(exc).splitlines()[0]})") from None
+                raise PackError(f"{named}: not readable as Parquet ({str(exc).splitlines()[0]})") from None
             if rows != entry.rows:
-                raise PackError(f"{path}: {rows} rows but manifest.json says {entry.rows} (damaged or edited)")
+                raise PackError(f"{named}: {rows} rows but manifest.json says {entry.rows} (damaged or edited)")
             self._verified.add(entry.path)
         return path
+
+    def _superseded(self, entry: FileEntry) -> tuple[Path, int]:
+        """A file a newer commit dropped (compaction), from this manifest's version folder while kept."""
+        if self._version is not None:
+            try:
+                return self._version / entry.path, (self._version / entry.path).stat().st_size
+            except OSError:
+                pass
+        raise PackError(f"{self.path / entry.path}: listed in manifest.json but missing")
 
     def _check_counts(self, table: Table, split: str) -> None:
         """The files' row counts must add up to the split's quick stats (a removed entry does not)."""
@@ -405,11 +426,11 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _sha256_of(path: Path) -> str:
+def _sha256_of(path: Path, named: Path) -> str:
     try:
         return file_sha256(path)
     except OSError as exc:
-        raise PackError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise PackError(f"{named}: cannot read ({exc.strerror or exc})") from None
 
 
 def _table(table: str) -> Table:

@@ -1,10 +1,13 @@
 """Checking that a pack's files and its manifest agree, for `esper validate`.
 
 Readers trust the manifest; this is the one place that checks everything it claims: each listed
-file is present, of the recorded size and checksum, readable, with the recorded row count and the
-canonical schema; no unlisted data file sits where plain tools would read it; row counts add up to
-the quick stats; and splits are by episode (each episode in the split its id hashes to, its steps
-beside it). Each problem is one line naming the file or value at fault.
+file is present, inside the pack (no link leads out), of the recorded size and checksum, readable,
+with the recorded row count and the canonical schema; no unlisted data file sits where plain tools
+would read it (the table folders, which lead to the current version folder); the links of the
+layout lead to the current commit; row counts add up to the quick stats; and splits are by episode
+(each episode in the split its id hashes to, its steps beside it). Each problem is one line naming
+the file or value at fault. Version folders an interrupted write left are no problem (no reader
+sees them; the next writer deletes them): `leftovers` lists them for the CLI's summary.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from telemetry.manifest import TABLES, FileEntry, Manifest, read_manifest
+from telemetry.pack_layout import inside, layout_problems
+from telemetry.pack_layout import leftovers as leftovers
 from telemetry.pack_reader import file_sha256
 from telemetry.pack_schema import STEP_IDENTITY
 from telemetry.splits import split_of
@@ -29,7 +34,7 @@ def validate_pack(path: str | os.PathLike[str]) -> list[str]:
     """
     root = Path(path)
     manifest = read_manifest(root)
-    problems = _schema_problems(manifest)
+    problems = layout_problems(root, manifest) + _schema_problems(manifest)
     good: list[FileEntry] = []
     for entry in manifest.files:
         found = _file_problems(root, manifest, entry)
@@ -59,6 +64,8 @@ def _file_problems(root: Path, manifest: Manifest, entry: FileEntry) -> list[str
         return [f"{path}: listed as table {entry.table!r}, split {entry.split!r} but lies elsewhere"]
     if not path.is_file():
         return [f"{path}: listed in manifest.json but missing"]
+    if not inside(root, path):
+        return [f"{path}: leads outside the pack (through a symbolic link)"]
     try:
         size = path.stat().st_size
         if size != entry.bytes:

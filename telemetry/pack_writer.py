@@ -1,18 +1,25 @@
 """PackWriter: episodes and their decision steps in, a crash-safe pack of large Parquet files out.
 
 Rows are buffered per table and split and written as full row groups (ROW_GROUP_ROWS rows) into
-staged files outside the table folders, so a pack is a few large files that scan fast rather than
-one tiny file or row group per episode. `commit()` makes buffered rows durable:
+staged files in `PACK/_staging/`, so a pack is a few large files that scan fast rather than one tiny
+file or row group per episode. Every commit is a version folder `PACK/.versions/<commit>/` and
+`PACK/current` links to the last one; `PACK/manifest.json`, `PACK/steps` and `PACK/episodes` lead
+through `current` (see pack_layout). `commit()` makes buffered rows durable:
 
 1. finish the staged files (their sha256 is computed while the bytes are written) and fsync them;
-2. rename each into `PACK/<table>/split=<name>/` and fsync the folders;
-3. write the next manifest to a temporary file, fsync it, and atomically replace manifest.json.
+2. build the next version folder: hard links to the files the commit keeps, then each staged file
+   renamed into `<table>/split=<name>/`; fsync the folders;
+3. write the manifest into the version folder and fsync it and the folders;
+4. rename a new link to the folder over `current` and fsync the pack folder: this is the commit;
+5. delete version folders but the new one and the one before it (`close()` keeps only the new one).
 
-Readers use only the manifest's file list, so a crash at any instant leaves the pack reading as its
-last commit; files renamed before the crash are unlisted leftovers that the next writer deletes.
-`close()` commits, then compacts small files (many commits of few rows) into large ones through
-the same protocol, deleting the old files only after the manifest that no longer lists them is in
-place. Quick stats are computed from each written chunk in a background thread, never by rescanning.
+The manifest and the table folders a glob reads change together in step 4, so at every instant,
+a crash at any instant included, the project's readers and plain tools globbing
+`PACK/steps/**/*.parquet` read exactly the last commit; what an interrupted commit left is deleted
+by the next writer. `close()` commits, then compacts small files (many commits of few rows) into
+large ones through the same protocol: the new version links the large file instead of the small
+ones, which go with the last version folder that links them. Quick stats are computed from each
+written chunk in a background thread, never by rescanning.
 
     with PackWriter.create("runs/pack", config, schema, profiles=profile_feature_names(model, 10)) as w:
         w.add_episode({"episode_id": "ep-0001", "seed": 1, ...}, [tracker_row | decision, ...])
@@ -57,7 +64,16 @@ from telemetry.manifest import (
     fsync_dir,
     named_os_error,
     read_manifest,
-    write_manifest,
+)
+from telemetry.pack_layout import (
+    create_links,
+    inside,
+    is_canonical,
+    migrate,
+    prune,
+    publish,
+    remove_uncommitted,
+    version_dir,
 )
 from telemetry.pack_lock import WriterLock
 from telemetry.pack_rows import check_decisions, conform, from_rows, with_identity
@@ -82,8 +98,12 @@ _fault_seen: dict[str, int] = {}
 def _checkpoint(stage: str) -> None:
     """A named step of the commit protocol; tests replace this to inject a crash between steps.
 
-    Stages, in order: "staged", "renamed" (after each file), "manifest_staged", "manifest_replaced",
-    and after compaction "old_deleted" (after each superseded file).
+    Stages of a commit, in order: "staged" (new files fsynced), "linked" (kept files linked into
+    the new version folder), "renamed" (after each new file moved in), "manifest_staged" (manifest
+    and folders fsynced), "manifest_replaced" (`current` renamed: committed), "old_deleted" (after
+    each old version folder deleted). Converting a pack of another layout (open_append) passes
+    "migrate_linked", "migrate_published", and "migrate_swapped" after each top-level link (where
+    no atomic exchange exists, "migrate_moved_aside" between a folder's move and its link's).
 
     Fault-injection hook of the reliability tests (tests/test_reliability_kills.py): with
     ESPER_FAULT_KILL="STAGE:N" in the environment at import, the process SIGKILLs itself the N-th
@@ -362,7 +382,8 @@ class PackWriter:
         root.mkdir(parents=True, exist_ok=True)
         lock = WriterLock.acquire(root)
         try:
-            write_manifest(root, manifest)
+            create_links(root)  # dangling until the first publish creates `current`
+            publish(root, manifest)
         except BaseException:
             lock.release()
             raise
@@ -373,8 +394,9 @@ class PackWriter:
                     feature_schema: FeatureSchema) -> PackWriter:
         """Reopen a pack to add episodes; a config or feature schema unlike the pack's is refused.
 
-        Leftovers of an interrupted writer (staged files, files renamed into the table folders but
-        never committed) are deleted; committed data is untouched.
+        Leftovers of an interrupted writer (staged files, version folders never committed) are
+        deleted; committed data is untouched. A pack of the earlier layout (real table folders), or
+        a copy that followed the links, is converted to version folders first (pack_layout.migrate).
         """
         root = Path(path)
         _check_same(root, read_manifest(root), config, feature_schema)
@@ -382,7 +404,11 @@ class PackWriter:
         try:
             manifest = read_manifest(root)
             _check_same(root, manifest, config, feature_schema)
-            _remove_leftovers(root, manifest)
+            shutil.rmtree(root / STAGING, ignore_errors=True)
+            remove_uncommitted(root)
+            if not is_canonical(root, manifest):
+                migrate(root, manifest, _checkpoint)
+            prune(root)
             known = _committed_episode_ids(root, manifest)
         except BaseException:
             lock.release()
@@ -556,7 +582,7 @@ class PackWriter:
         if not staged:
             return self._manifest
         placed = [(f, self._entry_for(f)) for f in staged]
-        self._publish(placed, self._manifest.files + [e for _, e in placed], split_stats, removed=[])
+        self._publish(placed, self._manifest.files + [e for _, e in placed], split_stats)
         if self._small_files(MAX_SMALL_FILES + 1):
             self.compact()
         return self._manifest
@@ -570,7 +596,6 @@ class PackWriter:
             return self._manifest
         files = list(self._manifest.files)
         placed: list[tuple[_StagedFile, FileEntry]] = []
-        removed: list[FileEntry] = []
         for (table, split), small in plans.items():
             stream = _TableStream(self, table, split, stats=None)
             for entry in small:
@@ -580,8 +605,7 @@ class PackWriter:
             files[at:at + 1] = [e for _, e in new]
             files = [f for f in files if f not in small[1:]]
             placed += new
-            removed += small
-        self._publish(placed, files, dict(self._manifest.split_stats), removed)
+        self._publish(placed, files, dict(self._manifest.split_stats))
         return self._manifest
 
     def _small_files(self, at_least: int) -> dict[tuple[Table, str], list[FileEntry]]:
@@ -597,30 +621,43 @@ class PackWriter:
                          split=staged.split, rows=staged.rows, bytes=staged.size, sha256=staged.sha256)
 
     def _publish(self, placed: list[tuple[_StagedFile, FileEntry]], files: list[FileEntry],
-                 split_stats: dict[str, QuickStats], removed: list[FileEntry]) -> None:
-        """Steps 2-3 of the protocol, then deletion of superseded files; a failure disables the writer."""
+                 split_stats: dict[str, QuickStats]) -> None:
+        """Steps 2-5 of the protocol; a failure disables the writer (the pack stays at its last commit)."""
         self._state = "failed"
         _checkpoint("staged")
+        manifest = self._manifest.with_commit(files, split_stats, datetime.now(timezone.utc))
+        previous, version = version_dir(self.path, self._manifest.commit), version_dir(self.path, manifest.commit)
+        if version.exists():  # left by a commit that failed in this process: nothing reads it
+            shutil.rmtree(version)
+        new = {entry.path for _, entry in placed}
         folders = set()
+        for entry in files:
+            if entry.path not in new:
+                target = version / entry.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(previous / entry.path, target, follow_symlinks=False)
+                except FileNotFoundError:
+                    raise PackError(f"{self.path / entry.path}: listed in manifest.json but missing; "
+                                    f"run `esper validate {self.path}`") from None
+                folders.add(target.parent)
+        _checkpoint("linked")
         for staged, entry in placed:
-            target = self.path / entry.path
+            target = version / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged.staged, target)
             folders.add(target.parent)
             _checkpoint("renamed")
         for folder in folders:
             fsync_dir(folder)
-        manifest = self._manifest.with_commit(files, split_stats, datetime.now(timezone.utc))
-        write_manifest(self.path, manifest, _checkpoint)
+        publish(self.path, manifest, _checkpoint)
         self._manifest = manifest
-        for entry in removed:
-            (self.path / entry.path).unlink(missing_ok=True)
-            _checkpoint("old_deleted")
+        prune(self.path, _checkpoint)
         self._state = "open"
 
     # ---- closing -----------------------------------------------------------------------------
     def close(self, compact: bool = True) -> Manifest:
-        """Commit, compact small files, release the lock. Safe to call twice."""
+        """Commit, compact, keep only the last version folder, release the lock. Safe to call twice."""
         if self._state == "closed":
             return self._manifest
         try:
@@ -628,6 +665,7 @@ class PackWriter:
                 self.commit()
                 if compact:
                     self.compact()
+                prune(self.path, _checkpoint, keep_previous=False)  # a closed pack is one version folder
         finally:
             self._shutdown()
         return self._manifest
@@ -644,6 +682,10 @@ class PackWriter:
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.path / STAGING, ignore_errors=True)
+        try:  # what a failed commit left (the next writer would delete it too)
+            remove_uncommitted(self.path)
+        except OSError:
+            pass
         self._lock.release()
         self._state = "closed"
 
@@ -782,17 +824,6 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] 
     return None if a == b else (prefix.rstrip("."), a, b)
 
 
-def _remove_leftovers(root: Path, manifest: Manifest) -> None:
-    """Files of an interrupted commit: staged files, and renamed ones that no manifest lists."""
-    shutil.rmtree(root / STAGING, ignore_errors=True)
-    (root / ".manifest.json.tmp").unlink(missing_ok=True)
-    listed = {f.path for f in manifest.files}
-    for table in TABLES:
-        for path in (root / table).glob(f"split=*/{PART_PREFIX}*.parquet"):
-            if path.relative_to(root).as_posix() not in listed:
-                path.unlink()
-
-
 def _committed_episode_ids(root: Path, manifest: Manifest) -> set[str]:
     ids: set[str] = set()
     for entry in manifest.files_of("episodes"):
@@ -807,6 +838,8 @@ def _committed_episode_ids(root: Path, manifest: Manifest) -> set[str]:
 def _read_verified(root: Path, entry: FileEntry, schema: pa.Schema) -> pa.Table:
     """A committed file's rows, after checking its size and checksum (compaction must not launder damage)."""
     path = root / entry.path
+    if path.exists() and not inside(root, path):
+        raise PackError(f"{path}: leads outside the pack (through a symbolic link); run `esper validate {root}`")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

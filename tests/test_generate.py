@@ -85,10 +85,9 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_pack(reference_pack
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    # A kill between a commit's renames and its manifest leaves unlisted files: the only problems allowed
+    # A kill at any instant, inside a commit included, leaves a sound pack (an unpublished version folder at most)
     checked = subprocess.run([*ESPER, "validate", str(out)], capture_output=True, text=True)
-    problems = checked.stdout.strip().splitlines() if checked.returncode else []
-    assert checked.returncode in (0, 1) and all("not listed in manifest.json" in p for p in problems), problems
+    assert checked.returncode == 0, checked.stdout
     committed = open_pack(out).manifest.quick_stats.episodes
     assert 2 <= committed < EPISODES
     assert main(["generate", *ARGS, "--episodes", str(EPISODES), "--out", str(out), "--resume"]) == 0

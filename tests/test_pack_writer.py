@@ -49,8 +49,13 @@ def _snapshot(path: Path) -> dict[str, bytes]:
 def test_manifest_lists_every_file_with_size_rows_and_checksum(tmp_path):
     write_pack(tmp_path / "p", EPISODES, commit_every=3)
     manifest = read_manifest(tmp_path / "p")
-    on_disk = sorted(p.relative_to(tmp_path / "p").as_posix() for p in (tmp_path / "p").rglob("*.parquet"))
+    pack = tmp_path / "p"
+    on_disk = sorted(p.relative_to(pack).as_posix() for t in ("steps", "episodes")
+                     for p in (pack / t).rglob("*.parquet"))
     assert sorted(f.path for f in manifest.files) == on_disk
+    # and nothing else is stored: a closed pack is the last commit's version folder (its files, once each)
+    stored = sorted(p.relative_to(pack).as_posix() for p in pack.rglob("*.parquet"))
+    assert stored == sorted(f".versions/{manifest.commit:06d}/{f.path}" for f in manifest.files)
     for entry in manifest.files:
         data = (tmp_path / "p" / entry.path).read_bytes()
         assert entry.bytes == len(data)

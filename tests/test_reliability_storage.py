@@ -7,7 +7,8 @@ missing, truncated and resized files, edited row counts and removed entries, but
 change of a file's bytes. Paths that leave the pack are refused when the manifest is read.
 Concurrency: one writer per pack across processes, a SIGKILLed writer's lock is taken over, and
 readers during writing see whole commits only. Resources: a full disk (ENOSPC injected at each
-step of a commit) names the cause and the file, keeps the previous commit, and a later writer appends.
+step of a commit) names the cause and the file, keeps the previous commit and leaves nothing of the
+failed one, and a later writer appends.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from telemetry.errors import PackError
 from telemetry.manifest import MANIFEST_NAME, FileEntry, read_manifest
 from telemetry.pack_lock import LOCK_NAME
 from telemetry.pack_reader import Pack, open_pack
-from telemetry.pack_validate import validate_pack
+from telemetry.pack_validate import leftovers, validate_pack
 from telemetry.pack_writer import STAGING, PackWriter
 
 PROFILE = "minimal"  # 27 features: the failure paths are the same as for wide packs, and faster
@@ -482,7 +483,7 @@ class DiskFull:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
         self.armed = False
         self.hits = 0
-        real_fsync, real_replace, real_write = os.fsync, os.replace, pack_writer._HashingFile.write
+        real_fsync, real_replace, real_link, real_write = os.fsync, os.replace, os.link, pack_writer._HashingFile.write
 
         def fsync(fd: int) -> None:
             if self.armed and self._matches(_fd_path(fd)):
@@ -491,10 +492,16 @@ class DiskFull:
             real_fsync(fd)
 
         def replace(src: Any, dst: Any) -> None:
-            if self.armed and where == "manifest_replace" and str(dst).endswith("/" + MANIFEST_NAME):
+            if self.armed and where == "current_replace" and str(dst).endswith("/current"):
                 self.hits += 1
                 raise _enospc(str(src), None, str(dst))  # type: ignore[arg-type]
             real_replace(src, dst)
+
+        def link(src: Any, dst: Any, **kwargs: Any) -> None:
+            if self.armed and where == "link":
+                self.hits += 1
+                raise _enospc(str(src), None, str(dst))  # type: ignore[arg-type]
+            real_link(src, dst, **kwargs)
 
         def data_write(file: Any, data: Any) -> int:
             if self.armed and where == "data_write":
@@ -506,7 +513,7 @@ class DiskFull:
 
         def open_(path: Any, *args: Any, **kwargs: Any) -> Any:
             file = builtins.open(path, *args, **kwargs)
-            if self.armed and where == "manifest_write" and str(path).endswith(f".{MANIFEST_NAME}.tmp"):
+            if self.armed and where == "manifest_write" and str(path).endswith(f"/{MANIFEST_NAME}"):
                 self.hits += 1
                 return _FullFile(file)
             return file
@@ -514,23 +521,26 @@ class DiskFull:
         self.where = where
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "replace", replace)
+        monkeypatch.setattr(os, "link", link)
         monkeypatch.setattr(pack_writer._HashingFile, "write", data_write)
         monkeypatch.setattr(manifest_module, "open", open_, raising=False)
 
     def _matches(self, path: str) -> bool:
         return {"data_fsync": f"/{STAGING}/" in path,
                 "folder_fsync": re.search(r"/(steps|episodes)/split=[a-z0-9_]+$", path) is not None,
-                "manifest_fsync": path.endswith(f".{MANIFEST_NAME}.tmp")}.get(self.where, False)
+                "manifest_fsync": path.endswith(f"/{MANIFEST_NAME}")}.get(self.where, False)
 
 
-# where -> (a path the error must name, does validate then report renamed-but-unlisted leftovers?)
+_VERSION = r"/\.versions/\d+/"
+# where -> the path the error must name (a regular expression): the steps of a commit, in order
 FULL_DISK = {
-    "data_write": (f"/{STAGING}/", False),
-    "data_fsync": (f"/{STAGING}/", False),
-    "folder_fsync": ("/split=", True),
-    "manifest_write": (f".{MANIFEST_NAME}.tmp", True),
-    "manifest_fsync": (f".{MANIFEST_NAME}.tmp", True),
-    "manifest_replace": (f".{MANIFEST_NAME}.tmp", True),
+    "data_write": f"/{STAGING}/",
+    "data_fsync": f"/{STAGING}/",
+    "link": f"{_VERSION}(steps|episodes)/split=",  # a committed file linked into the new version folder
+    "folder_fsync": f"{_VERSION}(steps|episodes)/split=",
+    "manifest_write": f"{_VERSION}{MANIFEST_NAME}",
+    "manifest_fsync": f"{_VERSION}{MANIFEST_NAME}",
+    "current_replace": "/current'",  # the rename that commits
 }
 
 
@@ -538,9 +548,8 @@ FULL_DISK = {
 def test_a_full_disk_keeps_the_last_commit_and_says_why(pack: Path, monkeypatch: pytest.MonkeyPatch,
                                                         where: str) -> None:
     """ENOSPC at any step of a commit: the error names the cause and the file, the pack reads as its previous
-    commit (validate: sound, or only unlisted leftovers once files were renamed in), and once space is back
-    a new writer appends."""
-    names, leaves_leftovers = FULL_DISK[where]
+    commit (validate: sound, nothing of the failed commit left), and once space is back a new writer appends."""
+    names = FULL_DISK[where]
     before = (pack / MANIFEST_NAME).read_bytes()
     disk = DiskFull(monkeypatch, where)
     config, schema, _ = reference(PROFILE)
@@ -552,12 +561,11 @@ def test_a_full_disk_keeps_the_last_commit_and_says_why(pack: Path, monkeypatch:
     disk.armed = False
     assert disk.hits >= 1 and caught.value.errno == errno.ENOSPC
     message = str(caught.value)
-    assert NO_SPACE in message and str(pack) in message and names in message, message
+    assert NO_SPACE in message and str(pack) in message and re.search(names, message), message
     assert (pack / MANIFEST_NAME).read_bytes() == before
     assert_bit_equal(read_back(pack), expected_steps(EPISODES, PROFILE))
-    problems = validate_pack(pack)
-    assert bool(problems) == leaves_leftovers, problems
-    assert all("not listed in manifest.json" in p for p in problems), problems
+    assert validate_pack(pack) == []
+    assert leftovers(pack) == [] and not (pack / STAGING).exists()
     assert not (pack / LOCK_NAME).exists()
     with PackWriter.open_append(pack, config, schema) as writer:  # space is back
         for episode, steps in MORE:
