@@ -34,12 +34,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from pipelines.bootstrap import RESAMPLES, SEED, bootstrap_ci
 from pipelines.environment import EnvOptions
 from pipelines.episode import COUNTERFACTUAL_EPOCHS, GenerationSpec
 from pipelines.generate import generate
-from pipelines.learned_policy import LearnedPolicy
+from pipelines.learned_policy import LearnedPolicy, prepare
 from pipelines.train import TARGETS, TrainError, TrainOptions, train_policy
 from telemetry.config import load_config, profile_names
 from telemetry.errors import EsperError
@@ -100,7 +101,7 @@ def run_compare(spec: CompareSpec, out: str | Path, pack: str | Path | None = No
     say(f"[2/5] training {spec.seeds} seed(s) x {len(ARMS)} arms on {training.path}")
     models = {arm: [_model(spec, training, arm, s, out) for s in range(spec.seeds)] for arm in ARMS}
     say("[3/5] offline evaluation on the test split")
-    offline = _offline(spec, training, models)
+    offline = _offline(training, models)
     say(f"[4/5] online: {2 * spec.seeds + 2} policies x {spec.online_episodes} fresh episodes")
     online = _online(spec, training, generation, models, out, show_progress)
     return {
@@ -197,7 +198,7 @@ def _model(spec: CompareSpec, pack: Pack, arm: str, seed: int, out: Path) -> Lea
 
 # ---- phase 3: offline ----------------------------------------------------------------------------
 
-def _offline(spec: CompareSpec, pack: Pack, models: dict[str, list[LearnedPolicy]]) -> dict[str, Any]:
+def _offline(pack: Pack, models: dict[str, list[LearnedPolicy]]) -> dict[str, Any]:
     names = sorted({n for arm in ARMS for m in models[arm] for n in m.feature_names})
     test = pack.steps(split="test", columns=[*names, "episode_id", "action_mask", "best_action", "counterfactual"])
     labelled = test.filter(test.column("best_action").is_valid())
@@ -207,8 +208,8 @@ def _offline(spec: CompareSpec, pack: Pack, models: dict[str, list[LearnedPolicy
     probe = {arm: _cause_probe(pack, models[arm][0]) for arm in ARMS}
     return {
         "test_steps_with_oracle_label": labelled.num_rows,
-        "models": {name: {**scores, "evaluation": m.meta.get("evaluation")}
-                   for arm in ARMS for m in models[arm] for name, scores in [(m.name, per_model[m.name])]},
+        "models": {m.name: {**per_model[m.name], "evaluation": m.meta.get("evaluation")}
+                   for arm in ARMS for m in models[arm]},
         "oracle_agreement": _arms_and_difference(agreement),
         "regret": _arms_and_difference(regret),
         "cause_probe": {**_arms_and_difference({a: probe[a]["by_episode"] for a in ARMS}),
@@ -221,8 +222,6 @@ def _oracle_scores(policy: LearnedPolicy, labelled: pa.Table, pack: Pack) -> dic
     """Per test episode: share of labelled steps where the policy picks the oracle's best action, and
     the mean regret in accuracy points of the policy's choice under the same rollouts."""
     actions = list(pack.manifest.actions)
-    import torch
-
     mask = torch.tensor(labelled.column("action_mask").to_pylist(), dtype=torch.bool).reshape(-1, len(actions))
     chosen = policy.predict(policy.standardise(labelled, str(pack.path)), mask).tolist()
     agreement: dict[str, list[float]] = defaultdict(list)
@@ -267,8 +266,6 @@ def _cause_probe(pack: Pack, policy: LearnedPolicy) -> dict[str, Any]:
 
 
 def _prepared(policy: LearnedPolicy, table: pa.Table, where: str) -> np.ndarray:
-    from pipelines.learned_policy import prepare
-
     return prepare(policy.standardise(table, where)).numpy()
 
 
