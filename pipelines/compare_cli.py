@@ -29,11 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed of the pack; online episodes use seed + 1")
     p.add_argument("--counterfactual", type=float, default=0.1, metavar="FRACTION",
                    help="share of steps branched for oracle labels (default 0.1)")
-    p.add_argument("--counterfactual-epochs", type=int, default=COUNTERFACTUAL_EPOCHS, metavar="K")
+    p.add_argument("--counterfactual-epochs", type=int, default=COUNTERFACTUAL_EPOCHS, metavar="K",
+                   help=f"epochs each rollout runs (default {COUNTERFACTUAL_EPOCHS})")
     defaults = TrainOptions()
-    p.add_argument("--hidden", type=int, default=defaults.hidden)
-    p.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
-    p.add_argument("--patience", type=int, default=defaults.patience)
+    p.add_argument("--hidden", type=int, default=defaults.hidden, help=f"MLP width (default {defaults.hidden})")
+    p.add_argument("--max-epochs", type=int, default=defaults.max_epochs,
+                   help=f"training epochs at most, per model (default {defaults.max_epochs})")
+    p.add_argument("--patience", type=int, default=defaults.patience,
+                   help=f"epochs without a lower validation loss before stopping (default {defaults.patience})")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_compare)
 
