@@ -129,7 +129,8 @@ def _setup(results: dict[str, Any]) -> list[str]:
         f"- pack: `{pack['path']}` ({pack['profile']} profile, {pack['episodes']} episodes "
         f"{pack['episodes_per_split']}, {pack['steps']} steps), dataset {pack['generation']['dataset']}, "
         f"{pack['generation']['epochs']} epochs per episode",
-        f"- target: `{s['target']}`; {s['seeds']} seeds per arm; MLP {t['layers']}x{t['hidden']}, AdamW lr {t['lr']}, "
+        f"- target: `{s['target']}`; {s['seeds']} seed{'s' if s['seeds'] != 1 else ''} per arm; "
+        f"MLP {t['layers']}x{t['hidden']}, AdamW lr {t['lr']}, "
         f"up to {t['max_epochs']} epochs, patience {t['patience']}, class-weighted loss",
         f"- baseline: `{arms['baseline']['features']}` ({arms['baseline']['n_features']} features); candidate: "
         f"`{arms['candidate']['features']}` ({arms['candidate']['n_features']} features)",
