@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_compare)
 
+    q = sub.add_parser("pool", help="read replicates of `esper compare` (different --seed) as one answer")
+    q.add_argument("reports", nargs="+", metavar="REPORT_DIR")
+    q.add_argument("--json", action="store_true", help="the pooled summaries as JSON instead of a table")
+    q.set_defaults(func=cmd_pool)
+
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipelines.compare import CompareSpec, run_compare
@@ -58,4 +63,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     path = write_report(results, args.out)
     print(path)
     print(verdict(results))
+    return 0
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.pool import markdown, pool, read_results
+
+    pooled = pool([read_results(r) for r in args.reports], list(args.reports))
+    print(json.dumps(pooled, indent=2, allow_nan=False) if args.json else markdown(pooled))
     return 0
