@@ -144,11 +144,15 @@ def _training_pack(spec: CompareSpec, out: Path, pack: str | Path | None, show_p
             raise CompareError(f"{opened.path}: recorded with profile {recorded!r}, which does not hold the {arm} "
                                f"profile {getattr(spec, arm)!r}; expected a pack recorded with --profile "
                                f"{spec.candidate}")
-    labels = opened.steps(columns=["best_action"]).column("best_action")
-    if spec.target == "oracle" and labels.null_count == len(labels):
+    if spec.target == "oracle" and _no_oracle_labels(opened):
         raise CompareError(f"{opened.path}: no step carries a counterfactual label, so --target oracle has nothing "
                            "to learn; generate with --counterfactual > 0 or use --target heuristic")
     return opened
+
+
+def _no_oracle_labels(pack: Pack) -> bool:
+    labels = pack.steps(columns=["best_action"]).column("best_action")
+    return labels.null_count == len(labels)
 
 
 def _generation(pack: Pack) -> dict[str, Any]:

@@ -67,7 +67,7 @@ class PolicyNet(nn.Module):
 
 def prepare(features: torch.Tensor) -> torch.Tensor:
     """Standardised features made safe for the network: NaN -> 0, everything clipped to +-CLIP."""
-    return torch.nan_to_num(features, nan=0.0).clamp_(-CLIP, CLIP)
+    return torch.nan_to_num(features, nan=0.0).clamp_(-CLIP, CLIP)  # nan_to_num copies: the input is kept
 
 
 @dataclass
@@ -105,7 +105,7 @@ class LearnedPolicy:
         """`features`: already standardised rows in the policy's feature order."""
         self.net.eval()
         with torch.no_grad():
-            return self.net(prepare(features.clone()), mask)
+            return self.net(prepare(features), mask)
 
     def predict(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.logits(features, mask).argmax(dim=1)
@@ -113,9 +113,7 @@ class LearnedPolicy:
     def vector(self, row: Mapping[str, Any]) -> torch.Tensor:
         """One live feature row (name -> value) standardised as the training data was."""
         raw = np.array([_number(row.get(n)) for n in self.feature_names], dtype=np.float64)
-        z = (raw - self.centre) / self.scale
-        z[np.isnan(raw)] = 0.0  # null -> the mean, as the pack reader's normalisation does
-        return torch.from_numpy(z.astype(np.float32)).unsqueeze(0)
+        return self._standardised(raw[None, :])
 
     def standardise(self, table: pa.Table, where: str) -> torch.Tensor:
         """The policy's features from an Arrow table (a pack's steps), standardised with the policy's
@@ -125,6 +123,11 @@ class LearnedPolicy:
         for j, name in enumerate(self.feature_names):
             column = pc.cast(table.column(name), pa.float64())
             raw[:, j] = pc.fill_null(column, float("nan")).to_numpy(zero_copy_only=False)
+        return self._standardised(raw)
+
+    def _standardised(self, raw: np.ndarray) -> torch.Tensor:
+        """Rows of raw values (NaN for null) standardised; a null lands on the mean, 0, as the pack
+        reader's normalisation puts it."""
         z = (raw - self.centre) / self.scale
         z[np.isnan(raw)] = 0.0
         return torch.from_numpy(z.astype(np.float32))
@@ -141,9 +144,6 @@ class LearnedPolicy:
             why_not={Action(i).name: f"{self.name} gave it p={float(probs[i]):.2f}"
                      for i in range(len(probs)) if bool(valid[0, i]) and i != choice},
         )
-
-    def record(self, action: Action) -> None:
-        """Nothing to track between decisions: the policy sees only the row."""
 
     # ---- saving ----------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.bootstrap import RESAMPLES, SEED, hierarchical_ci
 from pipelines.compare import FORMAT
+from pipelines.report import ci
 from telemetry.errors import EsperError
 
 # (label, path into results.json to a summary with by_episode, scale for printing)
@@ -92,9 +93,8 @@ def markdown(pooled: dict[str, Any]) -> str:
     lines = [header, "|---|" + "---|" * (len(seeds) + 1)]
     for label, m in pooled["measures"].items():
         k = m["scale"]
-        cells = [_ci(r["mean"], r["low"], r["high"], k) for r in m["replicates"]]
-        p = m["pooled"]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_ci(p['mean'], p['low'], p['high'], k)} |")
+        cells = [ci(summary, k, signed=True) for summary in (*m["replicates"], m["pooled"])]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", verdict(pooled)])
 
 
@@ -110,10 +110,3 @@ def verdict(pooled: dict[str, Any]) -> str:
     return (f"Pooled {where}, no detectable difference in final host accuracy between {s['candidate']} and "
             f"{s['baseline']} features: {interval}, an interval that includes zero.")
 
-
-def _ci(mean: float | None, low: float | None, high: float | None, scale: float) -> str:
-    if mean is None:
-        return "n/a"
-    if low is None or high is None:
-        return f"{scale * mean:+.2f} [n/a]"
-    return f"{scale * mean:+.2f} [{scale * low:+.2f}, {scale * high:+.2f}]"

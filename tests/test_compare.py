@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from policy_helpers import mlp_logits, standardise
 
 from telemetry.cli import main
 from telemetry.manifest import read_manifest
@@ -128,18 +129,12 @@ def test_online_values_are_the_online_packs_episodes(report: Path, results: dict
 
 
 def _forward64(model_dir: Path, table: pa.Table, masks: np.ndarray) -> np.ndarray:
-    """The saved MLP in float64 numpy: standardise, NaN -> 0, clip, layers, masked argmax."""
+    """The saved MLP in float64 numpy on the table's rows: standardise, layers, masked argmax."""
     meta = json.loads((model_dir / "policy.json").read_text())
     state = torch.load(model_dir / "weights.pt", weights_only=True)
     raw = np.column_stack([np.array(table.column(n).to_pylist(), dtype=np.float64) for n in meta["feature_names"]])
-    z = (raw - np.array(meta["centre"])) / np.array(meta["scale"])
-    h = np.clip(np.nan_to_num(z, nan=0.0), -10, 10)
-    layers = sorted({int(k.split(".")[1]) for k in state}, key=int)
-    for i, layer in enumerate(layers):
-        h = h @ state[f"body.{layer}.weight"].double().numpy().T + state[f"body.{layer}.bias"].double().numpy()
-        if i < len(layers) - 1:
-            h = np.maximum(h, 0.0)
-    return np.where(masks, h, -np.inf).argmax(axis=1)
+    z = standardise(raw, np.array(meta["centre"]), np.array(meta["scale"]))
+    return np.where(masks, mlp_logits(state, z), -np.inf).argmax(axis=1)
 
 
 def test_oracle_agreement_matches_the_saved_models_on_the_test_episodes(report: Path,

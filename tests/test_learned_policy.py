@@ -11,28 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from policy_helpers import mlp_logits, sha256, shared, standardise
+from policy_helpers import mlp_logits, sha256, standardise
 
 from pipelines.learned_policy import LearnedPolicy, PolicyError
 from telemetry.cli import main
 from telemetry.pack_reader import open_pack
 
 GEN = ["generate", "--dataset", "synthetic", "--epochs", "6", "--seed", "3", "--workers", "1", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def policy_minimal(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared("policy-minimal", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def policy_all(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared("policy-all", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def driven(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared("driven", tmp_path_factory)
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -94,9 +79,9 @@ def test_counterfactual_branches_with_a_saved_policy_are_refused(policy_minimal:
 
 
 def test_resume_with_another_policy_is_refused_and_with_the_same_one_completes(
-        driven: Path, policy_minimal: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+        driven: Path, policy_minimal: Path, policy_minimal_seed1: Path, tmp_path: Path,
         capsys) -> None:
-    other = shared("policy-minimal-seed1", tmp_path_factory)
+    other = policy_minimal_seed1
     out = tmp_path / "pack"
     shutil.copytree(driven, out)
     before = snapshot(out)
@@ -110,7 +95,7 @@ def test_resume_with_another_policy_is_refused_and_with_the_same_one_completes(
 
 
 def test_resume_after_the_policy_was_retrained_in_place_is_refused(
-        policy_minimal: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys) -> None:
+        policy_minimal: Path, policy_minimal_seed1: Path, tmp_path: Path, capsys) -> None:
     model, out = tmp_path / "model", tmp_path / "pack"
     shutil.copytree(policy_minimal, model)
     small = ["generate", "--profile", "minimal", "--dataset", "synthetic", "--epochs", "3", "--quiet",
@@ -118,7 +103,7 @@ def test_resume_after_the_policy_was_retrained_in_place_is_refused(
     assert main([*small, "--episodes", "1"]) == 0
     capsys.readouterr()
     shutil.rmtree(model)
-    shutil.copytree(shared("policy-minimal-seed1", tmp_path_factory), model)  # same path, other weights
+    shutil.copytree(policy_minimal_seed1, model)  # same path, other weights
     before = snapshot(out)
     refused([*small, "--episodes", "2", "--resume"], capsys, "the pack was generated with policy_sha256=")
     assert snapshot(out) == before
@@ -127,9 +112,8 @@ def test_resume_after_the_policy_was_retrained_in_place_is_refused(
 # ---- 5. a policy refuses data without its features --------------------------------------------------
 
 def test_a_policy_trained_on_more_features_than_the_run_records_is_refused(
-        policy_all: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys) -> None:
-    diagnostic = open_pack(shared("diagnostic", tmp_path_factory))
-    minimal = open_pack(shared("minimal", tmp_path_factory))
+        policy_all: Path, diagnostic: Path, minimal: Path, tmp_path: Path, capsys) -> None:
+    diagnostic, minimal = open_pack(diagnostic), open_pack(minimal)
     trained = json.loads((policy_all / "policy.json").read_text())["feature_names"]
     assert trained == diagnostic.feature_names("all")
     missing = len(set(trained) - set(minimal.feature_names("all")))
@@ -142,9 +126,8 @@ def test_a_policy_trained_on_more_features_than_the_run_records_is_refused(
 
 
 def test_check_features_refuses_names_it_was_not_trained_with(
-        policy_all: Path, policy_minimal: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    diagnostic = open_pack(shared("diagnostic", tmp_path_factory))
-    minimal = open_pack(shared("minimal", tmp_path_factory))
+        policy_all: Path, policy_minimal: Path, diagnostic: Path, minimal: Path) -> None:
+    diagnostic, minimal = open_pack(diagnostic), open_pack(minimal)
     wide, narrow = LearnedPolicy.load(policy_all), LearnedPolicy.load(policy_minimal)
     with pytest.raises(PolicyError, match=r"lacks \d+ of the policy's \d+ features"):
         wide.check_features(minimal.feature_names(), "the minimal pack")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from pack_helpers import assert_bit_equal, make_episodes, sort, write_pack
-from policy_helpers import FAST, raw_steps, sha256, shared, standardise
+from policy_helpers import FAST, raw_steps, sha256, standardise
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score
 
 from pipelines.learned_policy import LearnedPolicy
@@ -26,16 +26,6 @@ from telemetry.splits import split_of
 ACTIONS = ["WAIT", "GERMINATE_CONV", "GERMINATE_ATTENTION", "GERMINATE_NORM", "GERMINATE_DEPTHWISE",
            "ADVANCE", "FOSSILIZE", "CULL"]
 SPLITS = ("train", "val", "test")
-
-
-@pytest.fixture(scope="module")
-def diagnostic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared("diagnostic", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def minimal(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared("minimal", tmp_path_factory)
 
 
 # ---- 1. metrics ----------------------------------------------------------------------------------
@@ -265,10 +255,10 @@ def test_labels_that_their_mask_forbids_are_refused(tmp_path: Path, capsys) -> N
     ("diagnostic", {"--patience": "0"}, "--patience must be a finite number > 0, got 0"),
 ])
 def test_bad_train_settings_are_one_line_and_write_nothing(pack_name: str, change: dict[str, str], needle: str,
-                                                            tmp_path: Path, tmp_path_factory, capsys) -> None:
+                                                            tmp_path: Path, request, capsys) -> None:
     out = tmp_path / "model"
     settings = {"--features": "all", "--target": "heuristic", "--out": str(out), "--max-epochs": "3", **change}
-    pack = shared(pack_name, tmp_path_factory)
+    pack = request.getfixturevalue(pack_name)
     _refused(["train", str(pack), *(x for item in settings.items() for x in item)], capsys, needle)
     assert list(tmp_path.iterdir()) == []
 
