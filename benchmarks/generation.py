@@ -31,13 +31,12 @@ from typing import Any
 
 import torch
 
-import pipelines.episode as episode_module
-import pipelines.summary as summary_module
-from pipelines.datasets import load_dataset
-from pipelines.episode import GenerationSpec, run_episode
-from pipelines.generate import _one_thread, generate
-from telemetry.config import load_config
-from telemetry.tracker import DiagnosticTracker
+import pipelines.generation.episode as episode_module
+import pipelines.generation.summary as summary_module
+from pipelines.environment.datasets import load_dataset
+from pipelines.generation.episode import GenerationSpec, run_episode
+from pipelines.generation.generate import _one_thread, generate
+from telemetry import DiagnosticTracker, load_config
 
 VARIANTS = {"minimal": ("minimal", 0.0), "diagnostic": ("diagnostic", 0.0),
             "diagnostic+counterfactual": ("diagnostic", GenerationSpec.counterfactual_fraction)}
@@ -49,7 +48,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     for rep in range(args.reps):
         for name in names[rep % len(names):] + names[:rep % len(names)]:
             profile, cf = VARIANTS[name]
-            spec = GenerationSpec(load_config(profile), dataset=args.dataset, epochs=args.epochs, seed=args.seed,
+            spec = GenerationSpec(load_config(profile), dataset=args.dataset, epochs=args.epochs, rng_seed=args.seed,
                                   counterfactual_fraction=cf)
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
@@ -96,7 +95,7 @@ def breakdown(args: argparse.Namespace, profile: str) -> dict[str, float]:
         setattr(owner, name, timers.wrap(label, getattr(owner, name)))
     try:
         dataset = load_dataset(args.dataset)
-        spec = GenerationSpec(load_config(profile), dataset=args.dataset, epochs=args.epochs, seed=args.seed,
+        spec = GenerationSpec(load_config(profile), dataset=args.dataset, epochs=args.epochs, rng_seed=args.seed,
                               counterfactual_fraction=0.0)
         with _one_thread():
             run_episode(replace(spec, epochs=2), 0, dataset)  # warm-up: lazy imports (torch.optim's) and caches

@@ -24,9 +24,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pipelines.host import HostCNN
-from telemetry.config import load_config, profile_names
-from telemetry.tracker import DiagnosticTracker
+from pipelines.environment.host import HostCNN
+from telemetry import DiagnosticTracker, load_config, profile_names
 
 BATCH = 128
 # A second untracked model, timed like the others: its ratio is the benchmark's own bias and noise

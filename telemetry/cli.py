@@ -1,8 +1,12 @@
-"""The `esper` command line.
+"""The pieces of the `esper` command line that belong to the library, and the one guard around it.
 
 Every command meets bad input the same way: one line on stderr naming what was wrong and what was
-expected, no traceback, exit status 2. Each subcommand lives beside the concept it drives; this file
-only wires them together.
+expected, no traceback, exit status 2. `run` applies that to any set of subcommands; each
+subcommand is registered by the part of the project it drives. The library's own commands are
+`esper inspect | query | validate` (telemetry/packs/cli.py) and `esper profiles`, which needs a
+model to count features on and so takes it from whoever assembles the CLI. The full `esper`
+command (with generation, training and the experiments) is assembled in `pipelines/cli.py`;
+`python -m telemetry` runs the library's pack commands alone.
 """
 
 from __future__ import annotations
@@ -11,12 +15,17 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from telemetry import pack_cli
 from telemetry.config import load_config, profile_names
 from telemetry.errors import EsperError
 
+if TYPE_CHECKING:
+    from torch import nn
+
 EXIT_BAD_INPUT = 2
+
+Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,69 +41,60 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dotted override, e.g. --set gradients.percentiles=[1,50,99] (repeatable)")
 
 
-def _reference_host():
-    from pipelines.host import HostCNN
+def profiles_registrar(reference_model: Callable[[], nn.Module], described_as: str) -> Registrar:
+    """`esper profiles list | show`, counting features on `reference_model()` with 10 classes."""
 
-    return HostCNN(in_channels=3, num_classes=10)
+    def cmd_list(args: argparse.Namespace) -> int:
+        from telemetry.feature_schema import build_feature_schema
 
-
-def cmd_profiles_list(args: argparse.Namespace) -> int:
-    from telemetry.feature_schema import build_feature_schema
-
-    host = _reference_host()
-    for name in profile_names():
-        schema = build_feature_schema(load_config(name), host, num_classes=10)
-        print(f"{name:<12} {len(schema):>4} features")
-    return 0
-
-
-def cmd_profiles_show(args: argparse.Namespace) -> int:
-    from telemetry.feature_schema import build_feature_schema
-
-    config = load_config(args.name, args.config, args.overrides)
-    schema = build_feature_schema(config, _reference_host(), num_classes=10)
-    if args.json:
-        print(json.dumps({"config": config.model_dump(mode="json"),
-                          "features": schema.to_dict()["features"]}, indent=2))
+        host = reference_model()
+        for name in profile_names():
+            schema = build_feature_schema(load_config(name), host, num_classes=10)
+            print(f"{name:<12} {len(schema):>4} features")
         return 0
-    import yaml
 
-    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip())
-    print(f"\nfeatures for the reference host (3x32x32 input, 10 classes): {len(schema)}")
-    for group, names in schema.groups().items():
-        print(f"  {group:<15} {len(names):>4}")
-    return 0
+    def cmd_show(args: argparse.Namespace) -> int:
+        from telemetry.feature_schema import build_feature_schema
+
+        config = load_config(args.name, args.config, args.overrides)
+        schema = build_feature_schema(config, reference_model(), num_classes=10)
+        if args.json:
+            print(json.dumps({"config": config.model_dump(mode="json"),
+                              "features": schema.to_dict()["features"]}, indent=2))
+            return 0
+        import yaml
+
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip())
+        print(f"\nfeatures for {described_as}: {len(schema)}")
+        for group, names in schema.groups().items():
+            print(f"  {group:<15} {len(names):>4}")
+        return 0
+
+    def register(sub: argparse._SubParsersAction) -> None:
+        profiles = sub.add_parser("profiles", help="list and show telemetry profiles")
+        psub = profiles.add_subparsers(dest="profiles_command", required=True, parser_class=_Parser)
+        psub.add_parser("list", help="profiles and their feature counts").set_defaults(func=cmd_list)
+        show = psub.add_parser("show", help="a resolved profile and its features")
+        show.add_argument("name")
+        add_config_arguments(show)
+        show.add_argument("--json", action="store_true", help="config and the full ordered feature list as JSON")
+        show.set_defaults(func=cmd_show)
+
+    return register
 
 
-def _profiles_parser(sub: argparse._SubParsersAction) -> None:
-    profiles = sub.add_parser("profiles", help="list and show telemetry profiles")
-    psub = profiles.add_subparsers(dest="profiles_command", required=True, parser_class=_Parser)
-    psub.add_parser("list", help="profiles and their feature counts").set_defaults(func=cmd_profiles_list)
-    show = psub.add_parser("show", help="a resolved profile and its features")
-    show.add_argument("name")
-    add_config_arguments(show)
-    show.add_argument("--json", action="store_true", help="config and the full ordered feature list as JSON")
-    show.set_defaults(func=cmd_profiles_show)
-
-
-def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommand builders; each lives with the part of the project it drives."""
-    from pipelines import compare_cli, generate_cli, train_cli
-
-    return [_profiles_parser, pack_cli.register, generate_cli.register, train_cli.register, compare_cli.register]
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registrars: Sequence[Registrar]) -> argparse.ArgumentParser:
     parser = _Parser(prog="esper", description="Telemetry and training-episode packs for morphogenetic policies.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for register in _registrars():
+    for register in registrars:
         register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str] | None, registrars: Sequence[Registrar]) -> int:
+    """Parse and run one command; bad input becomes one line on stderr and exit status 2."""
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(registrars).parse_args(argv)
         return args.func(args)
     except EsperError as exc:
         print(f"esper: error: {exc}", file=sys.stderr)
@@ -108,6 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("esper: interrupted", file=sys.stderr)
         return 130
+
+
+def library_registrars() -> list[Registrar]:
+    from telemetry.packs import cli as pack_cli
+
+    return [pack_cli.register]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The library's commands alone (`esper inspect | query | validate`)."""
+    return run(argv, library_registrars())
 
 
 if __name__ == "__main__":

@@ -1,38 +1,32 @@
 """The feature schema: derived from (config, model, number of classes), never written by hand.
 
-It is the concatenation of the enabled probes' declarations in a fixed group order. It yields the
+It is the concatenation of the enabled probes' declarations in the order of one registry
+(telemetry/probes/registry.py), followed by any user probes. It yields the
 Arrow fields of the steps table and the `_index` (name -> position), and it is what lets a pack be
 sliced by name into any smaller profile's features.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-from torch import nn
 
-from telemetry.config import TelemetryConfig
+from telemetry.config import TelemetryConfig, load_config, profile_names
 from telemetry.errors import SchemaError
 
-GROUP_ORDER = (
-    "base",
-    "history",
-    "gradients",
-    "per_class",
-    "loss_landscape",
-    "weight_norms",
-    "activations",
-    "seed",
-)
+if TYPE_CHECKING:
+    from torch import nn
 
 _ARROW_TYPES = {"float32": pa.float32(), "float64": pa.float64(), "int32": pa.int32(), "int64": pa.int64()}
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
+    """One feature: its column name, the probe group that produces it, dtype, unit and meaning."""
+
     name: str
     group: str
     dtype: str
@@ -45,6 +39,22 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class FeatureSchema:
+    """The ordered features of a run: names, groups, dtypes, units and descriptions.
+
+    Derived, never written by hand: `build_feature_schema(config, model, num_classes)` (or a
+    tracker's `.schema`). It gives the Arrow fields of the steps table and `_index` (name ->
+    position), and `select` slices it by name, which is how a larger pack becomes a smaller profile.
+
+    Args:
+        specs: the features in order; names must be unique.
+
+    Example:
+
+        schema = build_feature_schema(load_config("standard"), model, num_classes=10)
+        schema.names[:3]            # ['epoch', 'global_step', 'train_loss']
+        schema.groups()["gradients"]
+    """
+
     specs: tuple[FeatureSpec, ...]
 
     def __post_init__(self) -> None:
@@ -98,8 +108,24 @@ class FeatureSchema:
         return cls(tuple(FeatureSpec(**f) for f in data["features"]))
 
 
-def build_feature_schema(config: TelemetryConfig, model: nn.Module, num_classes: int) -> FeatureSchema:
-    """Resolve layers against `model` and concatenate the enabled probes' feature declarations."""
+def build_feature_schema(config: TelemetryConfig, model: nn.Module, num_classes: int,
+                         probes: Sequence[Callable[..., Any]] = ()) -> FeatureSchema:
+    """Resolve layers against `model` and concatenate the enabled probes' feature declarations.
+
+    `probes` are user probe classes (or factories taking a ProbeContext), as given to the tracker.
+    """
     from telemetry.probes import build_probes  # probes import this module for FeatureSpec
 
-    return FeatureSchema(tuple(spec for probe in build_probes(config, model, num_classes) for spec in probe.features()))
+    built = build_probes(config, model, num_classes, extra=probes)
+    return FeatureSchema(tuple(spec for probe in built for spec in probe.features()))
+
+
+def profile_feature_names(model: nn.Module, num_classes: int,
+                          profiles: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Each built-in profile's feature names for this model, in that profile's own order.
+
+    Stored in the manifest so a pack written with a large profile can be sliced into exactly the
+    features (and the column order) a smaller profile's tracker would produce, without the model.
+    """
+    names = profile_names() if profiles is None else profiles
+    return {p: build_feature_schema(load_config(p), model, num_classes).names for p in names}

@@ -25,9 +25,13 @@ class ActivationProbe(Probe):
     def __init__(self, ctx: ProbeContext) -> None:
         super().__init__(ctx)
         self.keys = [feature_key(name) for name, _ in ctx.layers]
-        self.active = False
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self.reset()
+        n = len(self.keys)
+        # per layer: [sum, sum of squares, outputs <= 0], positive outputs per channel (its shape is
+        # known at the first forward), outputs seen
+        self.add_state("stats", [None] * n)
+        self.add_state("positive", [None] * n)
+        self.add_state("seen", [0] * n)
 
     def features(self) -> list[FeatureSpec]:
         s = self.spec
@@ -49,7 +53,7 @@ class ActivationProbe(Probe):
 
     def _hook(self, i: int):
         def hook(module: nn.Module, inputs: object, output: object) -> None:
-            if self.active and torch.is_tensor(output):
+            if self.ctx.validating and torch.is_tensor(output):
                 self._accumulate(i, output.detach())
         return hook
 
@@ -60,38 +64,33 @@ class ActivationProbe(Probe):
             channels = (x > 0).sum(dim=[d for d in range(x.dim()) if d != 1])
         else:
             channels = (x > 0).sum().reshape(1)
-        if self._stats[i] is None:
-            self._stats[i], self._positive[i] = stats, channels.double()
+        if self.stats[i] is None:
+            self.stats[i], self.positive[i] = stats, channels.double()
         else:
-            self._stats[i] += stats
-            self._positive[i] += channels
-        self._n[i] += x.numel()
+            self.stats[i] += stats
+            self.positive[i] += channels
+        self.seen[i] += x.numel()
 
     def payload(self, probe_batch: object) -> list[torch.Tensor]:
         out = []
         for i in range(len(self.keys)):
-            if self._stats[i] is None:
+            if self.stats[i] is None:
                 out.append(torch.zeros(4, dtype=torch.float64))
                 continue
-            per_channel = self._n[i] / self._positive[i].numel()
-            dead = (self._positive[i] / per_channel < DEAD_UNIT_ACTIVE_SHARE).double().mean()
-            out.append(torch.cat([self._stats[i], dead.reshape(1)]))
+            per_channel = self.seen[i] / self.positive[i].numel()
+            dead = (self.positive[i] / per_channel < DEAD_UNIT_ACTIVE_SHARE).double().mean()
+            out.append(torch.cat([self.stats[i], dead.reshape(1)]))
         return out
 
-    def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
-        row: list[Value] = []
-        for i, (s1, s2, nonpos, dead) in enumerate(host.reshape(-1, 4)):
-            n = self._n[i]
+    def finish(self, host: np.ndarray, info: StepInfo) -> dict[str, Value]:
+        row: dict[str, Value] = {}
+        for key, n, (s1, s2, nonpos, dead) in zip(self.keys, self.seen, host.reshape(-1, 4), strict=True):
             mean = s1 / max(n, 1)
             std = np.sqrt(max(s2 / max(n, 1) - mean * mean, 0.0))
-            row += [none_if(n == 0, v) for v in (mean, std, nonpos / max(n, 1), dead)]
+            row.update({f"act_mean_{key}": none_if(n == 0, mean), f"act_std_{key}": none_if(n == 0, std),
+                        f"act_zero_frac_{key}": none_if(n == 0, nonpos / max(n, 1)),
+                        f"act_dead_unit_frac_{key}": none_if(n == 0, dead)})
         return row
-
-    def reset(self) -> None:
-        n = len(self.keys)
-        self._stats: list[torch.Tensor | None] = [None] * n
-        self._positive: list[torch.Tensor | None] = [None] * n
-        self._n = [0] * n
 
     def close(self) -> None:
         for handle in self._handles:

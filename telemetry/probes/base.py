@@ -21,14 +21,16 @@ class BaseProbe(Probe):
 
     def __init__(self, ctx: ProbeContext) -> None:
         super().__init__(ctx)
-        self._sums: torch.Tensor | None = None  # train loss sum, train correct, val loss sum, val correct
-        self._n_train = 0
-        self._n_val = 0
-        self.val_losses: list[float | None] = []
-        self.val_accuracies: list[float | None] = []
-        self._plateau = 0
-        self._best_acc: float | None = None
-        self._best_loss: float | None = None
+        # per step: train loss sum, train correct, val loss sum, val correct (device); batch sizes (host)
+        self.add_state("sums", torch.zeros(4, dtype=torch.float64))
+        self.add_state("n_train", 0)
+        self.add_state("n_val", 0)
+        # the run's history
+        self.add_state("val_losses", [], per_step=False)
+        self.add_state("val_accuracies", [], per_step=False)
+        self.add_state("plateau", 0, per_step=False)
+        self.add_state("best_acc", None, per_step=False)
+        self.add_state("best_loss", None, per_step=False)
 
     def features(self) -> list[FeatureSpec]:
         s = self.spec
@@ -58,30 +60,23 @@ class BaseProbe(Probe):
             s("available_slots", "free seed slots", "slots", "int32"),
         ]
 
-    def _state(self, like: torch.Tensor) -> torch.Tensor:
-        if self._sums is None:
-            self._sums = torch.zeros(4, dtype=torch.float64, device=like.device)
-        return self._sums
-
     def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                     batch: int) -> None:
-        sums = self._state(loss)
         n = targets.shape[0]
-        sums[0] += loss.detach().double() * n
-        sums[1] += (logits.detach().argmax(1) == targets).sum()
-        self._n_train += n
+        self.sums[0] += loss.detach().double() * n
+        self.sums[1] += (logits.detach().argmax(1) == targets).sum()
+        self.n_train += n
 
     def val_batch(self, logits: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor) -> None:
-        sums = self._state(losses)
-        sums[2] += losses.double().sum()
-        sums[3] += (logits.argmax(1) == targets).sum()
-        self._n_val += targets.shape[0]
+        self.sums[2] += losses.double().sum()
+        self.sums[3] += (logits.argmax(1) == targets).sum()
+        self.n_val += targets.shape[0]
 
     def payload(self, probe_batch: object) -> list[torch.Tensor]:
-        return [self._sums if self._sums is not None else torch.zeros(4, dtype=torch.float64)]
+        return [self.sums]
 
-    def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
-        nt, nv = self._n_train, self._n_val
+    def finish(self, host: np.ndarray, info: StepInfo) -> dict[str, Value]:
+        nt, nv = self.n_train, self.n_val
         train_loss = none_if(nt == 0, host[0] / max(nt, 1))
         train_acc = none_if(nt == 0, 100.0 * host[1] / max(nt, 1))
         val_loss = none_if(nv == 0, host[2] / max(nv, 1))
@@ -92,46 +87,40 @@ class BaseProbe(Probe):
         self.val_accuracies.append(val_acc)
         self._update_plateau(prev_acc, val_acc)
         self._update_bests(val_loss, val_acc)
-        info.values.update(val_loss=val_loss, val_accuracy=val_acc, train_loss=train_loss)
+        lags = range(BASE_HISTORY - 1, -1, -1)
         seed = info.seed
-        return [
-            info.epoch,
-            info.global_step,
-            train_loss,
-            val_loss,
-            _diff(prev_loss, val_loss),
-            train_acc,
-            val_acc,
-            _diff(val_acc, prev_acc),
-            self._plateau,
-            self._best_acc,
-            self._best_loss,
-            *lagged(self.val_losses, range(BASE_HISTORY - 1, -1, -1)),
-            *lagged(self.val_accuracies, range(BASE_HISTORY - 1, -1, -1)),
-            int(seed.has_active_seed),
-            int(seed.stage),
-            int(seed.epochs_in_stage),
-            float(seed.alpha),
-            float(seed.improvement),
-            int(seed.available_slots),
-        ]
+        return {
+            "epoch": info.epoch,
+            "global_step": info.global_step,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "loss_delta": _diff(prev_loss, val_loss),
+            "train_accuracy": train_acc,
+            "val_accuracy": val_acc,
+            "accuracy_delta": _diff(val_acc, prev_acc),
+            "plateau_epochs": self.plateau,
+            "best_val_accuracy": self.best_acc,
+            "best_val_loss": self.best_loss,
+            **dict(zip([f"val_loss_lag{k}" for k in lags], lagged(self.val_losses, lags), strict=True)),
+            **dict(zip([f"val_accuracy_lag{k}" for k in lags], lagged(self.val_accuracies, lags), strict=True)),
+            "has_active_seed": int(seed.has_active_seed),
+            "seed_stage": int(seed.stage),
+            "seed_epochs_in_stage": int(seed.epochs_in_stage),
+            "seed_alpha": float(seed.alpha),
+            "seed_improvement": float(seed.improvement),
+            "available_slots": int(seed.available_slots),
+        }
 
     def _update_plateau(self, prev_acc: float | None, acc: float | None) -> None:
         if prev_acc is None or acc is None:
             return
-        self._plateau = self._plateau + 1 if acc - prev_acc < PLATEAU_GAIN_POINTS else 0
+        self.plateau = self.plateau + 1 if acc - prev_acc < PLATEAU_GAIN_POINTS else 0
 
     def _update_bests(self, loss: float | None, acc: float | None) -> None:
-        if acc is not None and acc == acc and (self._best_acc is None or acc > self._best_acc):
-            self._best_acc = acc
-        if loss is not None and loss == loss and (self._best_loss is None or loss < self._best_loss):
-            self._best_loss = loss
-
-    def reset(self) -> None:
-        if self._sums is not None:
-            self._sums.zero_()
-        self._n_train = 0
-        self._n_val = 0
+        if acc is not None and acc == acc and (self.best_acc is None or acc > self.best_acc):
+            self.best_acc = acc
+        if loss is not None and loss == loss and (self.best_loss is None or loss < self.best_loss):
+            self.best_loss = loss
 
 
 def _diff(a: float | None, b: float | None) -> float | None:

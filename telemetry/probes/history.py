@@ -29,5 +29,9 @@ class HistoryProbe(Probe):
             for k in self.lags
         ]
 
-    def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
-        return lagged(self.base.val_losses, self.lags) + lagged(self.base.val_accuracies, self.lags)
+    def finish(self, host: np.ndarray, info: StepInfo) -> dict[str, Value]:
+        """Reads the base probe's history, which its `finish` (earlier in the registry) has extended."""
+        losses = lagged(self.base.val_losses, self.lags)
+        accuracies = lagged(self.base.val_accuracies, self.lags)
+        return {**{f"val_loss_lag{k}": v for k, v in zip(self.lags, losses, strict=True)},
+                **{f"val_accuracy_lag{k}": v for k, v in zip(self.lags, accuracies, strict=True)}}

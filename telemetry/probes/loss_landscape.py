@@ -20,11 +20,10 @@ from telemetry.probes.probe import Probe, ProbeContext, StepInfo, Value, none_if
 class LossLandscapeProbe(Probe):
     group = "loss_landscape"
 
-    def __init__(self, ctx: ProbeContext, seed: int = 0) -> None:
+    def __init__(self, ctx: ProbeContext) -> None:
         super().__init__(ctx)
         self.cfg = ctx.config.loss_landscape
-        self.seed = seed
-        self._step = 0
+        self.add_state("steps", 0, per_step=False)  # each step draws its own directions
 
     def features(self) -> list[FeatureSpec]:
         s = self.spec
@@ -35,20 +34,21 @@ class LossLandscapeProbe(Probe):
         ]
 
     def payload(self, probe_batch: tuple[torch.Tensor, torch.Tensor] | None) -> list[torch.Tensor]:
-        self._step += 1
+        self.steps += 1
         if probe_batch is None:
             return [torch.full((3,), float("nan"))]
         return [sharpness(self.ctx.model, probe_batch, self.cfg.perturbation_samples,
-                          self.cfg.perturbation_scale, seed=self.seed * 1_000_003 + self._step)]
+                          self.cfg.perturbation_scale, rng_seed=self.ctx.rng_seed * 1_000_003 + self.steps)]
 
-    def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
+    def finish(self, host: np.ndarray, info: StepInfo) -> dict[str, Value]:
         missing = bool(np.isnan(host).all())
-        return [none_if(missing, v) for v in host]
+        names = ("probe_loss", "sharpness_mean", "sharpness_max")
+        return {name: none_if(missing, v) for name, v in zip(names, host, strict=True)}
 
 
 @torch.no_grad()
 def sharpness(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], samples: int, scale: float,
-              seed: int) -> torch.Tensor:
+              rng_seed: int) -> torch.Tensor:
     """[base loss, mean increase, max increase] as one device tensor; the model is left bit-exact."""
     x, y = batch
     params = [p for p in model.parameters()]
@@ -56,7 +56,7 @@ def sharpness(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], 
     modes = {m: m.training for m in model.modules()}
     device = params[0].device if params else x.device
     gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
+    gen.manual_seed(rng_seed)
     model.eval()
     try:
         base = F.cross_entropy(model(x), y)

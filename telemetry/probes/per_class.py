@@ -20,7 +20,9 @@ class PerClassProbe(Probe):
         super().__init__(ctx)
         self.cfg = ctx.config.per_class
         self.c = ctx.num_classes
-        self.reset()
+        c = self.c
+        # per class: count, correct, loss sum, then the c x c confusion counts
+        self.add_state("counts", torch.zeros(3 * c + c * c, dtype=torch.float64))
 
     def features(self) -> list[FeatureSpec]:
         s, cfg, c = self.spec, self.cfg, self.c
@@ -37,8 +39,6 @@ class PerClassProbe(Probe):
 
     def val_batch(self, logits: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor) -> None:
         c = self.c
-        if self._counts is None:
-            self._counts = torch.zeros(3 * c + c * c, dtype=torch.float64, device=targets.device)
         pred = logits.argmax(1)
         t = targets.long()
         # index_add_, not bincount: bincount reads the largest index back to the host (a sync on CUDA).
@@ -46,30 +46,28 @@ class PerClassProbe(Probe):
         inside = (t >= 0) & (t < c)
         t = t.clamp(0, c - 1)
         weight = inside.double()
-        self._counts[:c].index_add_(0, t, weight)
-        self._counts[c: 2 * c].index_add_(0, t, (pred == t).double() * weight)
-        self._counts[2 * c: 3 * c].index_add_(0, t, torch.where(inside, losses.double(), 0.0))
+        self.counts[:c].index_add_(0, t, weight)
+        self.counts[c: 2 * c].index_add_(0, t, (pred == t).double() * weight)
+        self.counts[2 * c: 3 * c].index_add_(0, t, torch.where(inside, losses.double(), 0.0))
         if self.cfg.track_confusion:
-            self._counts[3 * c:].index_add_(0, t * c + pred.clamp(max=c - 1), (inside & (pred < c)).double())
+            self.counts[3 * c:].index_add_(0, t * c + pred.clamp(max=c - 1), (inside & (pred < c)).double())
 
     def payload(self, probe_batch: object) -> list[torch.Tensor]:
-        c = self.c
-        return [self._counts if self._counts is not None else torch.zeros(3 * c + c * c)]
+        return [self.counts]
 
-    def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
+    def finish(self, host: np.ndarray, info: StepInfo) -> dict[str, Value]:
         c, cfg = self.c, self.cfg
         n, correct, loss = host[:c], host[c: 2 * c], host[2 * c: 3 * c]
-        out: list[Value] = []
+        out: dict[str, Value] = {}
         if cfg.track_accuracy:
             acc = [none_if(n[k] == 0, 100.0 * correct[k] / max(n[k], 1)) for k in range(c)]
             seen = [a for a in acc if a is not None]
-            out += [*acc, float(np.std(seen)) if seen else None]
+            out.update({f"val_acc_class_{k}": a for k, a in enumerate(acc)})
+            out["val_acc_class_std"] = float(np.std(seen)) if seen else None
         if cfg.track_loss:
-            out += [none_if(n[k] == 0, loss[k] / max(n[k], 1)) for k in range(c)]
+            out.update({f"val_loss_class_{k}": none_if(n[k] == 0, loss[k] / max(n[k], 1)) for k in range(c)})
         if cfg.track_confusion:
             conf = host[3 * c:].reshape(c, c)
-            out += [none_if(n[t] == 0, conf[t, p] / max(n[t], 1)) for t in range(c) for p in range(c)]
+            out.update({f"confusion_{t}_{p}": none_if(n[t] == 0, conf[t, p] / max(n[t], 1))
+                        for t in range(c) for p in range(c)})
         return out
-
-    def reset(self) -> None:
-        self._counts: torch.Tensor | None = None

@@ -23,7 +23,10 @@ class SeedProbe(Probe):
         self.keys = [feature_key(s) for s in ctx.slots]
         self.grads = ctx.config.gradients.enabled and ctx.config.gradients.track_norm
         self.weights = ctx.config.track_weight_norms
-        self.reset()
+        n = len(self.keys)
+        self.add_state("grad_sums", [None] * n)  # per slot: sum over batches of the seed's gradient norm
+        self.add_state("batches", [0] * n)
+        self.add_state("params", [None] * n)  # parameter count of the seed found at the step's end
 
     def features(self) -> list[FeatureSpec]:
         s, out = self.spec, []
@@ -50,34 +53,30 @@ class SeedProbe(Probe):
             grads = [p.grad for p in seed.parameters() if p.grad is not None] if seed is not None else []
             if grads:
                 sq = torch.stack(torch._foreach_norm(grads)).double().pow(2).sum().sqrt()
-                self._grad_sum[i] = sq if self._grad_sum[i] is None else self._grad_sum[i] + sq
-                self._batches[i] += 1
+                self.grad_sums[i] = sq if self.grad_sums[i] is None else self.grad_sums[i] + sq
+                self.batches[i] += 1
 
     @torch.no_grad()
     def payload(self, probe_batch: object) -> list[torch.Tensor]:
         out = []
         for i, seed in enumerate(self._seeds()):
             params = [p.detach() for p in seed.parameters()] if seed is not None else []
-            grad = self._grad_sum[i]
+            grad = self.grad_sums[i]
             if grad is None:
                 grad = torch.zeros((), dtype=torch.float64)
             weight = (torch.stack(torch._foreach_norm(params)).double().pow(2).sum().sqrt() if params
                       else torch.zeros((), dtype=torch.float64))
             out.append(torch.stack([grad.to(weight.device), weight]))
-            self._params[i] = sum(p.numel() for p in params) if seed is not None else None
+            self.params[i] = sum(p.numel() for p in params) if seed is not None else None
         return out
 
-    def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
-        row: list[Value] = []
-        for i, (grad_sum, weight) in enumerate(host.reshape(-1, 2)):
+    def finish(self, host: np.ndarray, info: StepInfo) -> dict[str, Value]:
+        row: dict[str, Value] = {}
+        for key, batches, params, (grad_sum, weight) in zip(self.keys, self.batches, self.params,
+                                                            host.reshape(-1, 2), strict=True):
             if self.grads:
-                row.append(none_if(self._batches[i] == 0, grad_sum / max(self._batches[i], 1)))
+                row[f"seed_{key}_grad_norm"] = none_if(batches == 0, grad_sum / max(batches, 1))
             if self.weights:
-                row += [none_if(self._params[i] is None, weight), self._params[i] or 0]
+                row[f"seed_{key}_weight_norm"] = none_if(params is None, weight)
+                row[f"seed_{key}_param_count"] = params or 0
         return row
-
-    def reset(self) -> None:
-        n = len(self.keys)
-        self._grad_sum: list[torch.Tensor | None] = [None] * n
-        self._batches = [0] * n
-        self._params: list[int | None] = [None] * n

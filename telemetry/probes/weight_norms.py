@@ -31,5 +31,5 @@ class WeightNormProbe(Probe):
         total = torch.zeros(len(self.params), dtype=torch.float64, device=norms.device)
         return [total.index_add_(0, layer, norms).sqrt()]
 
-    def finish(self, host: np.ndarray, info: StepInfo) -> list[Value]:
-        return [float(v) for v in host]
+    def finish(self, host: np.ndarray, info: StepInfo) -> dict[str, Value]:
+        return {f"weight_norm_{k}": float(v) for k, v in zip(self.keys, host, strict=True)}

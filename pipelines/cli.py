@@ -1,0 +1,36 @@
+"""The `esper` command: the library's commands plus those of each pipeline layer.
+
+The library (telemetry/) never imports the pipelines, so the full command line is assembled here:
+each layer registers its own subcommands beside the code it drives.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from telemetry.cli import Registrar, library_registrars, profiles_registrar, run
+
+
+def _reference_host():
+    from pipelines.environment.host import HostCNN
+
+    return HostCNN(in_channels=3, num_classes=10)
+
+
+def registrars() -> list[Registrar]:
+    from pipelines.experiment import cli as experiment_cli
+    from pipelines.generation import cli as generation_cli
+    from pipelines.training import cli as training_cli
+
+    profiles = profiles_registrar(_reference_host, "the reference host (3x32x32 input, 10 classes)")
+    return [profiles, *library_registrars(), generation_cli.register, training_cli.register,
+            experiment_cli.register]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv, registrars())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

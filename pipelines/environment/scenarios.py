@@ -1,0 +1,114 @@
+"""Scenarios: the hidden cause of each episode, one specific way in which training goes wrong.
+
+Every episode draws one scenario and its parameters from a generator seeded by (seed, episode index).
+The scenario changes how the host is configured (learning rate, width, initialisation) or what it
+is trained on (fewer examples, noisy labels); it is never written into the features. It is recorded
+per episode as the cause a policy has to infer from the telemetry.
+
+- healthy: nothing goes wrong; nothing to fix, waiting is as good as any seed.
+- lr_too_low: host lr 300-1000x below nominal: the host barely leaves chance, a stall that looks
+  like vanishing gradients in the loss curves; a residual conv seed (trained at the nominal rate)
+  rescues it, by far the most.
+- lr_too_high: host lr 15-30x above; accuracy oscillates until the schedule's final decay, then
+  recovers. The curves look alarming, but seeds add nothing: the right call is to wait.
+- vanishing_gradients: batch-norm gains and head scaled by 0.025-0.04, so activations and
+  gradients are tiny and accuracy sits near chance for long; the residual GroupNorm seed helps most.
+- too_narrow: host 2-4x narrower, plateaus below healthy; a residual conv seed helps modestly.
+- overfitting: 4-10% of the examples, or 20-40% with 30-50% of labels wrong; train accuracy far
+  above validation. Extra capacity cannot help, so waiting saves the parameters.
+
+(What helps is what `python -m pipelines.experiment.control_check` measures.)
+
+Seeds are trained by their own optimizer group at the environment's nominal learning rate, so a
+seed is a real remedy for a host whose own learning rate is too low. Several causes look alike in
+the loss curves alone (a low learning rate and vanishing gradients both stall; a high learning rate
+is noisy but harmless in the end); gradient statistics and train/validation gaps tell them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+SCENARIOS = ("healthy", "lr_too_low", "lr_too_high", "vanishing_gradients", "too_narrow", "overfitting")
+NOMINAL_LR = 0.05
+HOST_NORMS = ("bn1", "bn2", "bn3")
+SCENARIO_STREAM = 0x5CE7A210  # separates the scenario draw from every other stream of the episode
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The hidden cause and its parameters; defaults describe a healthy run."""
+
+    name: str = "healthy"
+    lr: float = NOMINAL_LR
+    width: float = 1.0
+    init_scale: float = 1.0
+    train_fraction: float = 1.0
+    label_noise: float = 0.0
+
+    def params(self) -> dict[str, float | str]:
+        """Flat mapping for the episodes table."""
+        return asdict(self)
+
+    def initialise(self, model: nn.Module) -> None:
+        """Scale every host batch-norm gain and the head by `init_scale`. Small gains shrink the
+        signal block after block until batch norm's epsilon dominates the variance it divides by,
+        so activations and the gradients flowing back through them stay small (vanishing gradients)."""
+        if self.init_scale == 1.0:
+            return
+        with torch.no_grad():
+            for name in HOST_NORMS:
+                getattr(model, name).weight.mul_(self.init_scale)
+            model.fc.weight.mul_(self.init_scale)
+
+    def training_set(self, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples and labels this episode trains on: a subset and/or noisy labels."""
+        n = len(y)
+        keep = max(num_classes, int(round(n * self.train_fraction)))
+        idx = np.sort(rng.permutation(n)[:keep])
+        x, y = x[idx], y[idx].clone()
+        if self.label_noise > 0:
+            flip = rng.random(keep) < self.label_noise
+            y[torch.from_numpy(flip)] = torch.from_numpy(rng.integers(0, num_classes, size=int(flip.sum())))
+        return x, y
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _draw_params(name: str, rng: np.random.Generator) -> Scenario:
+    base = Scenario(name=name, lr=_log_uniform(rng, 0.7 * NOMINAL_LR, 1.4 * NOMINAL_LR))
+    if name == "healthy":
+        return base
+    if name == "lr_too_low":
+        return replace(base, lr=_log_uniform(rng, NOMINAL_LR / 1000, NOMINAL_LR / 300))
+    if name == "lr_too_high":
+        return replace(base, lr=_log_uniform(rng, NOMINAL_LR * 15, NOMINAL_LR * 30))
+    if name == "vanishing_gradients":
+        return replace(base, init_scale=_log_uniform(rng, 0.025, 0.04))
+    if name == "too_narrow":
+        return replace(base, width=float(rng.uniform(0.25, 0.5)))
+    if name == "overfitting":
+        if rng.random() < 0.5:
+            return replace(base, train_fraction=float(rng.uniform(0.04, 0.1)))
+        return replace(base, train_fraction=float(rng.uniform(0.2, 0.4)),
+                       label_noise=float(rng.uniform(0.3, 0.5)))
+    raise ValueError(f"unknown scenario {name!r}; expected one of: {', '.join(SCENARIOS)}")
+
+
+def draw_scenario(rng_seed: int, episode: int, names: tuple[str, ...] = SCENARIOS) -> Scenario:
+    """The scenario of episode `episode` of a run seeded `rng_seed`: uniform over `names`, then its params."""
+    rng = np.random.default_rng(np.random.SeedSequence([rng_seed, episode, SCENARIO_STREAM]))
+    name = names[int(rng.integers(len(names)))]
+    return _draw_params(name, rng)
+
+
+def make_scenario(name: str, rng_seed: int = 0, episode: int = 0) -> Scenario:
+    """Scenario `name` with parameters drawn as `draw_scenario` would (for tests and fixed-cause runs)."""
+    return draw_scenario(rng_seed, episode, names=(name,))

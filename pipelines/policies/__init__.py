@@ -1,0 +1,4 @@
+"""Policies that choose actions from feature rows: the heuristic Tamiyo and learned policies.
+
+May import: environment, and the library.
+"""

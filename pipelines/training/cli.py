@@ -1,0 +1,70 @@
+"""`esper train`: a policy from a pack, saved with its features, normalization and provenance."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.training.train import TARGETS, TrainOptions
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a policy on a pack's decision steps")
+    p.add_argument("pack", metavar="PACK")
+    p.add_argument("--features", required=True, metavar="SELECTION",
+                   help="a profile (slices the pack to that profile's features), 'all', groups or feature "
+                        "names, comma-separated")
+    p.add_argument("--target", required=True, choices=TARGETS,
+                   help="heuristic: imitate the behaviour policy; oracle: the counterfactual best action")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory to write (must not exist)")
+    p.add_argument("--seed", type=int, default=0)
+    defaults = TrainOptions()
+    p.add_argument("--hidden", type=int, default=defaults.hidden, help="hidden layer width")
+    p.add_argument("--layers", type=int, default=defaults.layers, help="hidden layers")
+    p.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
+    p.add_argument("--patience", type=int, default=defaults.patience,
+                   help="epochs without a lower validation loss before stopping")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipelines.policies.learned_policy import PolicyError
+    from pipelines.training.train import train_policy
+    from telemetry.packs import open_pack
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PolicyError(f"--out {out}: exists and is not empty; choose another directory")
+    options = TrainOptions(hidden=args.hidden, layers=args.layers, max_epochs=args.max_epochs,
+                           patience=args.patience, batch_size=args.batch_size, lr=args.lr,
+                           weight_decay=args.weight_decay)
+    selection = [s.strip() for s in args.features.split(",") if s.strip()]
+    features = selection[0] if len(selection) == 1 else selection
+    result = train_policy(open_pack(args.pack), features, args.target, rng_seed=args.seed, options=options)
+    result.policy.save(out)
+    print(f"{out}: {len(result.policy.feature_names)} features, target {args.target}, "
+          f"{result.epochs_run} epochs (best {result.best_epoch})")
+    for split, report in result.evaluation.items():
+        print(format_report(split, report, result.policy.actions))
+    return 0
+
+
+def format_report(split: str, report, actions: list[str]) -> str:
+    """Balanced accuracy, per-action recall and the confusion matrix as plain text."""
+    lines = [f"{split}: {report.rows} steps, balanced accuracy {_pct(report.balanced_accuracy)}, "
+             f"accuracy {_pct(report.accuracy)}"]
+    width = max(len(a) for a in actions)
+    header = "true action / predicted"
+    lines.append(f"  {header:<{width + 2}}  " + " ".join(f"{i:>5}" for i in range(len(actions))) + "  recall")
+    for i, (name, row) in enumerate(zip(actions, report.confusion, strict=True)):
+        lines.append(f"  {i} {name:<{width}}  " + " ".join(f"{c:>5}" for c in row)
+                     + f"  {_pct(report.recall[name])}")
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "  n/a" if value is None else f"{100 * value:5.1f}%"

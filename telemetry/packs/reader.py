@@ -1,0 +1,476 @@
+"""Reading a pack as Arrow tables, a polars LazyFrame, DuckDB views or torch tensors.
+
+Every reader takes its file list from the manifest and is handed the manifest's canonical Arrow
+schema, so files written by different commits read as one table and a file no commit lists is never
+read. Paths lead through `PACK/current` (see commit.py); a file that a later commit superseded
+(a compaction while this Pack was open) is read from this manifest's own version folder while the
+writer keeps it (one commit longer). A file whose real path lies outside the pack (a planted link)
+is refused. Before a file is first read its size is compared with the manifest, and
+once per Pack its footer's row count and, with `verify=True` (the default), its sha256 too; a mismatch
+is a PackError naming it. The row counts of each split's files must add up to its quick stats.
+`verify=False` therefore still catches missing, truncated, extended or foreign files and edited row
+counts, but not a same-size change to a file's bytes (a flipped bit): only the sha256 pass sees that.
+Every surface adds a `split` column, as hive partitioning would, so SQL written against a plain
+`read_parquet('PACK/steps/**/*.parquet', hive_partitioning=true)` runs unchanged.
+
+    pack = open_pack("runs/pack")
+    x, y, mask, names = pack.tensors(features="standard", split="train", normalize=True)
+    pack.duckdb().sql("SELECT action, count(*) FROM decisions GROUP BY ALL").show()
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from telemetry.errors import PackError
+from telemetry.packs.commit import inside, is_versioned, version_dir
+from telemetry.packs.manifest import MANIFEST_NAME, TABLES, FileEntry, Manifest, Table, file_sha256, read_manifest
+from telemetry.packs.quick_stats import ColumnStats
+from telemetry.packs.tables import SPLIT_COLUMN
+
+if TYPE_CHECKING:
+    import duckdb
+    import polars as pl
+    import torch
+
+NO_ACTION = -100  # torch's default ignore_index: unlabelled steps drop out of cross_entropy
+_BLOCK_ROWS = 4096  # rows transposed at a time: source and destination stay in cache
+
+
+class PackTensors(NamedTuple):
+    features: torch.Tensor  # float32 [rows, features], C-contiguous
+    actions: torch.Tensor  # int64 [rows]: index into manifest.actions, NO_ACTION where unlabelled
+    action_mask: torch.Tensor  # bool [rows, actions]: valid actions (all True where not recorded)
+    names: list[str]  # the feature name of each column
+
+
+def open_pack(path: str | os.PathLike[str], verify: bool = True) -> Pack:
+    """Open a committed pack; `verify=False` skips the sha256 pass (sizes and row counts are still checked)."""
+    root = Path(path)
+    return Pack(root, read_manifest(root), verify)
+
+
+class Pack:
+    """One committed pack, read through its manifest: Arrow tables, polars, DuckDB views, tensors.
+
+    Open it with `open_pack`; a `Pack` keeps reading the commit it opened (its manifest) even while
+    a writer commits more. Every file is checked before it is first read (size always; row count
+    and, with `verify`, sha256 once per Pack).
+
+    Args:
+        root: the pack folder.
+        manifest: the commit to read (`read_manifest(root)`).
+        verify: check each file's sha256 before its first read.
+
+    Example:
+
+        pack = open_pack("runs/demo")
+        train = pack.steps(split="train", columns=["episode_id", "step", "val_loss", "action"])
+        x, y, mask, names = pack.tensors(features="minimal", split="train", normalize=True)
+        pack.duckdb().sql("SELECT action, count(*) FROM steps GROUP BY ALL").show()
+    """
+
+    def __init__(self, root: Path, manifest: Manifest, verify: bool = True) -> None:
+        self.path = root
+        self.manifest = manifest
+        self.verify = verify
+        self._schemas = {t: manifest.arrow_schema(t) for t in TABLES}
+        self._verified: set[str] = set()
+        # where this manifest's files stay while a newer commit supersedes some (None: an older layout)
+        self._version = version_dir(root, manifest.commit) if is_versioned(root) else None
+
+    def __repr__(self) -> str:
+        s = self.manifest.quick_stats
+        commit = self.manifest.commit
+        return f"Pack({str(self.path)!r}, episodes={s.episodes}, steps={s.steps}, commit={commit})"
+
+    # ---- files ---------------------------------------------------------------------------------
+    def schema(self, table: Table = "steps") -> pa.Schema:
+        """The canonical Arrow schema of a table (without the `split` column readers add)."""
+        return self._schemas[_table(table)]
+
+    def files(self, table: Table = "steps", split: str | Sequence[str] | None = None) -> list[Path]:
+        """Checked paths of the committed files of a table, in commit order."""
+        table, splits = _table(table), self._splits(split)
+        paths = [self._checked(e) for e in self.manifest.files_of(table, splits)]
+        for name in splits:
+            self._check_counts(table, name)
+        return paths
+
+    def _checked(self, entry: FileEntry) -> Path:
+        """Size on every call; once per Pack, the footer's row count and (with verify) the sha256.
+
+        Returns the path to open; messages name the file as the manifest does (`PACK/<entry.path>`).
+        """
+        named = path = self.path / entry.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            path, size = self._superseded(entry)
+        except OSError as exc:
+            raise PackError(f"{named}: cannot read ({exc.strerror or exc})") from None
+        if size != entry.bytes:
+            raise PackError(f"{named}: {size} bytes but manifest.json says {entry.bytes} "
+                            "(damaged or replaced)")
+        if entry.path not in self._verified:
+            if not inside(self.path, path):
+                raise PackError(f"{named}: leads outside the pack (through a symbolic link); "
+                                f"run `esper validate {self.path}`")
+            if self.verify and _sha256_of(path, named) != entry.sha256:
+                raise PackError(f"{named}: sha256 does not match manifest.json (damaged)")
+            try:
+                rows = pq.read_metadata(path).num_rows
+            except (OSError, pa.ArrowException) as exc:
+                raise PackError(f"{named}: not readable as Parquet ({str(exc).splitlines()[0]})") from None
+            if rows != entry.rows:
+                raise PackError(f"{named}: {rows} rows but manifest.json says {entry.rows} (damaged or edited)")
+            self._verified.add(entry.path)
+        return path
+
+    def _superseded(self, entry: FileEntry) -> tuple[Path, int]:
+        """A file a newer commit dropped (compaction), from this manifest's version folder while kept."""
+        if self._version is not None:
+            try:
+                return self._version / entry.path, (self._version / entry.path).stat().st_size
+            except OSError:
+                pass
+        raise PackError(f"{self.path / entry.path}: listed in manifest.json but missing")
+
+    def _check_counts(self, table: Table, split: str) -> None:
+        """The files' row counts must add up to the split's quick stats (a removed entry does not)."""
+        stats = self.manifest.split_stats.get(split)
+        listed = sum(e.rows for e in self.manifest.files_of(table, [split]))
+        counted = None if stats is None else stats.steps if table == "steps" else stats.episodes
+        if counted is not None and listed != counted:
+            raise PackError(f"{self.path / MANIFEST_NAME}: the {table} files of split {split!r} list {listed} "
+                            f"rows but its quick stats count {counted} (a file entry edited or removed?); "
+                            f"run `esper validate {self.path}`")
+
+    def _splits(self, split: str | Sequence[str] | None) -> list[str]:
+        names = list(self.manifest.splits)
+        if split is None:
+            return names
+        wanted = [split] if isinstance(split, str) else list(split)
+        unknown = [s for s in wanted if s not in names]
+        if unknown:
+            raise PackError(f"{self.path}: no split {unknown[0]!r}; the pack's splits are {', '.join(names)}")
+        return wanted
+
+    # ---- Arrow ---------------------------------------------------------------------------------
+    def steps(self, split: str | Sequence[str] | None = None, episodes: str | Iterable[str] | None = None,
+              columns: Sequence[str] | None = None) -> pa.Table:
+        """Decision steps (identity, features, decisions, split), optionally filtered and projected."""
+        return self._read("steps", split, episodes, columns)
+
+    def episodes(self, split: str | Sequence[str] | None = None, episodes: str | Iterable[str] | None = None,
+                 columns: Sequence[str] | None = None) -> pa.Table:
+        """One row per episode (summary, outcome, seeds, split)."""
+        return self._read("episodes", split, episodes, columns)
+
+    def _read(self, table: Table, split: str | Sequence[str] | None, episodes: str | Iterable[str] | None,
+              columns: Sequence[str] | None) -> pa.Table:
+        columns = self._columns(table, columns)
+        stored = [c for c in columns if c != SPLIT_COLUMN]
+        parts = []
+        for name in self._splits(split):
+            for batch_table in self._scan(table, name, stored, episodes, as_table=True):
+                if SPLIT_COLUMN in columns:
+                    batch_table = batch_table.append_column(SPLIT_COLUMN,
+                                                            pa.repeat(pa.scalar(name), batch_table.num_rows))
+                parts.append(batch_table.select(columns))
+        if not parts:
+            return self._output_schema(table, columns).empty_table()
+        return pa.concat_tables(parts)
+
+    def _output_schema(self, table: Table, columns: list[str]) -> pa.Schema:
+        full = self._schemas[table].append(pa.field(SPLIT_COLUMN, pa.string()))
+        return pa.schema([full.field(c) for c in columns])
+
+    def _columns(self, table: Table, columns: Sequence[str] | None) -> list[str]:
+        available = [*self._schemas[table].names, SPLIT_COLUMN]
+        if columns is None:
+            return available
+        if isinstance(columns, str):
+            raise PackError(f"{table}: columns must be a list of names, got the string {columns!r}")
+        unknown = [c for c in columns if c not in available]
+        if unknown:
+            raise PackError(f"{self.path}: the {table} table has no column {unknown[0]!r}")
+        return list(columns)
+
+    def _scan(self, table: Table, split: str, columns: list[str], episodes: str | Iterable[str] | None,
+              as_table: bool) -> Iterator[Any]:
+        """The split's rows through a pyarrow dataset over exactly the manifest's files."""
+        paths = [str(p) for p in self.files(table, split)]
+        if not paths:
+            return
+        expression = None
+        if episodes is not None:
+            ids = [episodes] if isinstance(episodes, str) else list(episodes)
+            expression = ds.field("episode_id").isin(pa.array(ids, pa.string()))
+        try:  # a file can vanish between the checks and the scan (a writer compacting meanwhile)
+            dataset = ds.dataset(paths, schema=self._schemas[table], format="parquet")
+            if as_table:
+                yield dataset.to_table(columns=columns, filter=expression)
+            else:
+                yield from dataset.to_batches(columns=columns, filter=expression)
+        except (OSError, pa.ArrowException) as exc:
+            text = " ".join(str(exc).split())
+            if isinstance(exc, FileNotFoundError) or "No such file" in text:
+                raise PackError(f"{self.path}: a {table} file of split {split!r} is missing ({text}); a writer "
+                                "compacted the pack after it was opened: open it again") from None
+            raise PackError(f"{self.path}: cannot read the {table} files of split {split!r}: "
+                            f"{str(exc).splitlines()[0]}") from None
+
+    # ---- polars --------------------------------------------------------------------------------
+    def lazy(self, table: Table = "steps", split: str | Sequence[str] | None = None) -> pl.LazyFrame:
+        """A polars LazyFrame over the committed files (projection and predicates push down)."""
+        import polars as pl
+
+        table = _table(table)
+        schema = dict(pl.from_arrow(self._schemas[table].empty_table()).schema)
+        frames = []
+        for name in self._splits(split):
+            paths = [str(p) for p in self.files(table, name)]
+            if paths:
+                scan = pl.scan_parquet(paths, schema=schema, glob=False, hive_partitioning=False,
+                                       missing_columns="insert")
+                frames.append(scan.with_columns(pl.lit(name, dtype=pl.String).alias(SPLIT_COLUMN)))
+        if not frames:
+            return pl.LazyFrame(schema={**schema, SPLIT_COLUMN: pl.String})
+        return pl.concat(frames, how="vertical")
+
+    # ---- DuckDB --------------------------------------------------------------------------------
+    def duckdb(self, connection: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+        """A connection (new in-memory, or the one given) with views steps, episodes and decisions."""
+        import duckdb
+
+        con = connection or duckdb.connect()
+        for table in TABLES:
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS {self.view_sql(table)}")
+        con.execute("CREATE OR REPLACE VIEW decisions AS SELECT * FROM steps WHERE action <> 'WAIT'")
+        return con
+
+    def view_sql(self, table: Table) -> str:
+        """The SELECT behind a DuckDB view: the manifest's files, cast to the canonical schema.
+
+        One read_parquet over the whole list (DuckDB parallelises and prunes `split=` folders);
+        the split comes from the `split=NAME` folder, or from the file name where a folder above
+        the pack also looks like a hive partition and would confuse DuckDB's partition parsing.
+        """
+        table = _table(table)
+        schema = self._schemas[table]
+        paths = [os.path.abspath(p) for p in self.files(table)]
+        if not paths:
+            cols = ", ".join(f"CAST(NULL AS {_duck_type(f.type)}) AS {_ident(f.name)}" for f in schema)
+            return f"SELECT {cols}, CAST(NULL AS VARCHAR) AS {SPLIT_COLUMN} WHERE false"
+        cols = ", ".join(f"CAST({_ident(f.name)} AS {_duck_type(f.type)}) AS {_ident(f.name)}"
+                         for f in schema)
+        listed = ", ".join(_sql_string(p) for p in paths)
+        if "=" in os.path.abspath(self.path):
+            split = "regexp_extract(filename, '/split=([^/]+)/[^/]*$', 1)"
+            return f"SELECT {cols}, {split} AS {SPLIT_COLUMN} FROM read_parquet([{listed}], filename = true)"
+        return (f"SELECT {cols}, {SPLIT_COLUMN} FROM read_parquet([{listed}], hive_partitioning = true, "
+                f"hive_types = {{'{SPLIT_COLUMN}': VARCHAR}})")
+
+    # ---- torch ---------------------------------------------------------------------------------
+    def feature_names(self, features: str | Sequence[str] = "all") -> list[str]:
+        """Resolve a selection: "all", a profile name, a group name, feature names, or a list of these.
+
+        A profile gives exactly its recorded names in its own order; a group its features in schema
+        order; explicit names keep the order given. Duplicates are dropped, first occurrence kept.
+        """
+        items = [features] if isinstance(features, str) else list(features)
+        if not items:
+            raise PackError("features: empty selection; expected 'all', a profile, a group or feature names")
+        schema = self.manifest.feature_schema
+        index = schema.index
+        out: list[str] = []
+        for item in items:
+            out += self._expand(item, schema.groups, index)
+        return list(dict.fromkeys(out))
+
+    def _expand(self, item: str, groups: dict[str, list[str]], index: dict[str, int]) -> list[str]:
+        profiles = self.manifest.profiles
+        if item == "all":
+            return list(index)
+        if item in profiles:
+            missing = [n for n in profiles[item] if n not in index]
+            if missing:
+                raise PackError(f"features: profile {item!r} needs {len(missing)} features this pack lacks "
+                                f"(e.g. {missing[0]!r})")
+            return list(profiles[item])
+        if item in groups:
+            return list(groups[item])
+        if item in index:
+            return [item]
+        raise PackError(f"features: {item!r} is not a profile ({', '.join(profiles) or 'none recorded'}), "
+                        f"a group ({', '.join(groups)}) or a feature of this pack")
+
+    def tensors(self, features: str | Sequence[str] = "all", split: str | Sequence[str] | None = None,
+                episodes: str | Iterable[str] | None = None, normalize: bool | str = False,
+                labels: str = "action") -> PackTensors:
+        """Features as one float32 matrix, with action labels and valid-action masks.
+
+        `labels` names the steps column of action names the labels come from: "action" (what the
+        behaviour policy did) or "best_action" (the counterfactual oracle's choice, null where the
+        step was not branched). A null label is NO_ACTION, which torch's cross-entropy ignores.
+
+        Nulls become 0.0. With `normalize`, each feature is standardised with quick-stat mean and
+        std (population, finite values) before nulls are filled, so a null lands on the mean:
+        True uses the train split's stats (no leakage from validation data), a split name that
+        split's, "all" the whole pack's. NaN and Inf values pass through unchanged. Integer
+        features become float32 (exact up to 2**24, which covers epochs, stages and slot counts).
+        """
+        import torch
+
+        names = self.feature_names(features)
+        centre, scale = self.normalization(names, normalize)
+        if labels not in ("action", "best_action"):
+            raise PackError(f"labels: {labels!r}; expected 'action' or 'best_action'")
+        columns = [*names, labels, "action_mask"]
+        blocks = (self._batch_arrays(batch, names, centre, scale, labels)
+                  for name in self._splits(split)
+                  for batch in self._scan("steps", name, columns, episodes, as_table=False) if batch.num_rows)
+        if episodes is None:  # the row count is known: fill one matrix while batches stream by
+            rows = sum(e.rows for e in self.manifest.files_of("steps", self._splits(split)))
+            matrix = torch.empty((rows, len(names)), dtype=torch.float32)
+            targets, masks = _fill(matrix.numpy(), blocks)
+        else:
+            parts = list(blocks)
+            matrix = torch.empty((sum(p[0].shape[1] for p in parts), len(names)), dtype=torch.float32)
+            targets, masks = _fill(matrix.numpy(), iter(parts))
+        if len(targets) != matrix.shape[0]:
+            raise PackError(f"{self.path}: steps files hold {len(targets)} rows but manifest.json lists "
+                            f"{matrix.shape[0]}; run `esper validate {self.path}`")
+        masks = masks if len(masks) else np.zeros((0, len(self.manifest.actions)), dtype=bool)
+        return PackTensors(matrix, torch.from_numpy(targets), torch.from_numpy(masks), names)
+
+    def normalization(self, names: list[str],
+                      normalize: bool | str = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(centre, scale) per feature as `tensors(normalize=...)` applies them; (None, None) for False.
+
+        A saved policy keeps these so it standardises live rows exactly as its training data was."""
+        if normalize is False:
+            return None, None
+        if normalize is True or normalize == "train":
+            if "train" not in self.manifest.split_stats:
+                raise PackError("normalize=True uses the train split's stats, "
+                                "but this pack has no 'train' split")
+            stats = self.manifest.split_stats["train"]
+        elif normalize == "all":
+            stats = self.manifest.quick_stats
+        elif isinstance(normalize, str) and normalize in self.manifest.split_stats:
+            stats = self.manifest.split_stats[normalize]
+        else:
+            raise PackError(f"normalize: {normalize!r}; expected False, True, 'all' or a split name")
+        empty = ColumnStats()
+        means = [stats.columns.get(n, empty).mean for n in names]
+        stds = [stats.columns.get(n, empty).std for n in names]
+        centre = np.array([m if m is not None else 0.0 for m in means], dtype=np.float32)
+        scale = np.array([s if s else 1.0 for s in stds], dtype=np.float32)
+        return centre, scale
+
+    def _batch_arrays(self, batch: pa.RecordBatch, names: list[str], centre: np.ndarray | None,
+                      scale: np.ndarray | None, labels: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One batch as a feature-major block [features, rows], labels and masks."""
+        block = np.empty((len(names), batch.num_rows), dtype=np.float32)
+        for j, name in enumerate(names):
+            column = batch.column(name)
+            values = column.to_numpy(zero_copy_only=False)
+            out = block[j]
+            out[:] = values
+            if centre is not None:
+                out -= centre[j]
+                out /= scale[j]
+            if column.null_count:
+                out[column.is_null().to_numpy(zero_copy_only=False)] = 0.0
+        return block, _labels(batch.column(labels), self.manifest.actions), \
+            _masks(batch.column("action_mask"), len(self.manifest.actions))
+
+
+def _fill(matrix: np.ndarray, blocks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Copy feature-major blocks into the row-major matrix; returns the concatenated labels and masks."""
+    row = 0
+    labels, masks = [], []
+    for block, label, mask in blocks:
+        n = block.shape[1]
+        if row + n > matrix.shape[0]:
+            raise PackError("steps files hold more rows than manifest.json lists; run `esper validate`")
+        _transpose_into(matrix[row:row + n], block)
+        labels.append(label)
+        masks.append(mask)
+        row += n
+    if not labels:
+        return np.zeros(row, dtype=np.int64), np.zeros((0, 0), dtype=bool)
+    return np.concatenate(labels), np.concatenate(masks)
+
+
+def _transpose_into(dest: np.ndarray, block: np.ndarray) -> None:
+    """dest[rows, k] = block[k, rows].T, a few thousand rows at a time so both stay in cache."""
+    for start in range(0, block.shape[1], _BLOCK_ROWS):
+        stop = start + _BLOCK_ROWS
+        dest[start:stop] = block[:, start:stop].T
+
+
+def _labels(action: pa.Array, actions: list[str]) -> np.ndarray:
+    index = pc.index_in(action, value_set=pa.array(actions, pa.string()))
+    return pc.fill_null(index, NO_ACTION).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _masks(mask: pa.Array, width: int) -> np.ndarray:
+    out = np.ones((len(mask), width), dtype=bool)
+    if mask.null_count < len(mask):
+        valid = mask.is_valid().to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(mask).to_numpy(zero_copy_only=False)
+        out[valid] = flat.reshape(-1, width)
+    return out
+
+
+def _sha256_of(path: Path, named: Path) -> str:
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise PackError(f"{named}: cannot read ({exc.strerror or exc})") from None
+
+
+def _table(table: str) -> Table:
+    if table not in TABLES:
+        raise PackError(f"no table {table!r}; a pack has tables {', '.join(TABLES)}")
+    return table  # type: ignore[return-value]
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+_DUCK_SCALARS = {
+    pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.bool_(): "BOOLEAN",
+    pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
+}
+
+
+def _duck_type(type_: pa.DataType) -> str:
+    """The DuckDB spelling of an Arrow type of the pack schemas."""
+    if type_ in _DUCK_SCALARS:
+        return _DUCK_SCALARS[type_]
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return f"{_duck_type(type_.value_type)}[]"
+    if pa.types.is_struct(type_):
+        fields = (type_.field(i) for i in range(type_.num_fields))
+        return "STRUCT(" + ", ".join(f"{_ident(f.name)} {_duck_type(f.type)}" for f in fields) + ")"
+    raise PackError(f"Arrow type {type_} has no DuckDB mapping in this reader")
