@@ -43,12 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     validate.add_argument("pack", metavar="PACK")
     validate.set_defaults(func=cmd_validate)
 
+    from telemetry.packs import explain, report
     from telemetry.packs.repair import cmd_repair
 
     repair = sub.add_parser("repair", help="restore the links of a copy that lost or followed them "
                                            "(rsync -r, cp -rL, zip) and add a missing dataset card")
     repair.add_argument("pack", metavar="PACK")
     repair.set_defaults(func=cmd_repair)
+    report.register(sub)
+    explain.register(sub)
 
 
 # ---- inspect -------------------------------------------------------------------------------------
