@@ -336,23 +336,46 @@ class Pack:
         centre, scale = self.normalization(names, normalize)
         if labels not in ("action", "best_action"):
             raise PackError(f"labels: {labels!r}; expected 'action' or 'best_action'")
+        if episodes is None:  # every row: each row group has its place in the matrix before it is read
+            return self._all_rows(names, split, centre, scale, labels)
         columns = [*names, labels, "action_mask"]
-        blocks = (self._batch_arrays(batch, names, centre, scale, labels)
-                  for name in self._splits(split)
-                  for batch in self._scan("steps", name, columns, episodes, as_table=False) if batch.num_rows)
-        if episodes is None:  # the row count is known: fill one matrix while batches stream by
-            rows = sum(e.rows for e in self.manifest.files_of("steps", self._splits(split)))
-            matrix = torch.empty((rows, len(names)), dtype=torch.float32)
-            targets, masks = _fill(matrix.numpy(), blocks)
-        else:
-            parts = list(blocks)
-            matrix = torch.empty((sum(p[0].shape[1] for p in parts), len(names)), dtype=torch.float32)
-            targets, masks = _fill(matrix.numpy(), iter(parts))
+        parts = [self._batch_arrays(batch, names, centre, scale, labels)
+                 for name in self._splits(split)
+                 for batch in self._scan("steps", name, columns, episodes, as_table=False) if batch.num_rows]
+        matrix = torch.empty((sum(p[0].shape[1] for p in parts), len(names)), dtype=torch.float32)
+        targets, masks = _fill(matrix.numpy(), iter(parts))
         if len(targets) != matrix.shape[0]:
             raise PackError(f"{self.path}: steps files hold {len(targets)} rows but manifest.json lists "
                             f"{matrix.shape[0]}; run `esper validate {self.path}`")
         masks = masks if len(masks) else np.zeros((0, len(self.manifest.actions)), dtype=bool)
         return PackTensors(matrix, torch.from_numpy(targets), torch.from_numpy(masks), names)
+
+    def _all_rows(self, names: list[str], split: str | Sequence[str] | None, centre: np.ndarray | None,
+                  scale: np.ndarray | None, labels: str) -> PackTensors:
+        """tensors() of whole splits: row groups read in parallel straight into the matrix (matrix.py)."""
+        import torch
+
+        from telemetry.packs import matrix
+
+        splits = self._splits(split)
+        paths = [p for name in splits for p in self.files("steps", name)]
+        rows = sum(e.rows for e in self.manifest.files_of("steps", splits))
+        try:  # a file can vanish between the checks and the reads (a writer compacting meanwhile)
+            groups = matrix.row_groups(paths)
+            if sum(g.rows for g in groups) != rows:
+                raise PackError(f"{self.path}: steps files hold {sum(g.rows for g in groups)} rows but "
+                                f"manifest.json lists {rows}; run `esper validate {self.path}`")
+            features = torch.empty((rows, len(names)), dtype=torch.float32)
+            out = matrix.Matrix(features.numpy(), np.empty(rows, dtype=np.int64),
+                                np.empty((rows, len(self.manifest.actions)), dtype=bool))
+            matrix.fill(groups, out, names, labels, self.manifest.actions, centre, scale, NO_ACTION)
+        except (OSError, pa.ArrowException, KeyError) as exc:
+            text = " ".join(str(exc).split())
+            if isinstance(exc, FileNotFoundError) or "No such file" in text:
+                raise PackError(f"{self.path}: a steps file is missing ({text}); a writer compacted the pack "
+                                "after it was opened: open it again") from None
+            raise PackError(f"{self.path}: cannot read the steps files: {text}") from None
+        return PackTensors(features, torch.from_numpy(out.labels), torch.from_numpy(out.masks), names)
 
     def normalization(self, names: list[str],
                       normalize: bool | str = True) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -83,14 +83,18 @@ def test_parquet_settings_are_applied(tmp_path):
     assert val_loss.statistics is not None and val_loss.statistics.has_min_max
 
 
-def test_rows_go_out_in_full_row_groups_and_files_roll_over(tmp_path, row_groups):
+@pytest.mark.parametrize(("lanes", "expected"), [(1, [[8, 8, 8], [8, 8, 8], [8, 4]]),
+                                                 (2, [[8, 8, 8], [8, 8, 8], [8], [4]])])
+def test_rows_go_out_in_full_row_groups_and_files_roll_over(tmp_path, row_groups, monkeypatch, lanes, expected):
+    """Row group i goes to lane i % lanes (files encoded in parallel); files are listed in row order."""
     row_groups(8, file_rows=24)
+    monkeypatch.setattr(writer_module, "LANES", lanes)
     episodes = make_episodes(0, 12, steps=5)
     write_pack(tmp_path / "p", episodes, splits={"train": 1.0})
     files = [f for f in read_manifest(tmp_path / "p").files if f.table == "steps"]
     groups = [[pq.read_metadata(tmp_path / "p" / f.path).row_group(i).num_rows
                for i in range(pq.read_metadata(tmp_path / "p" / f.path).num_row_groups)] for f in files]
-    assert groups == [[8, 8, 8], [8, 8, 8], [8, 4]]
+    assert groups == expected
     assert_bit_equal(read_back(tmp_path / "p"), expected_steps(episodes))
 
 
