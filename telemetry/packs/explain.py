@@ -41,7 +41,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     brief = episode_brief(open_pack(args.pack), args.episode, args.step)
     if args.format == "json":
-        print(json.dumps(brief, indent=1, default=str, allow_nan=False))
+        print(json.dumps(_json_safe(brief), indent=1, default=str, allow_nan=False))
     else:
         print(render_text(brief))
     return 0
@@ -92,6 +92,15 @@ def _json(text: Any) -> Any:
         return json.loads(text) if isinstance(text, str) else text
     except json.JSONDecodeError:
         return text
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN or Infinity (a diverged episode has them): they become strings, at any depth."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return _finite(value)
 
 
 def _finite(value: Any) -> Any:

@@ -154,7 +154,8 @@ def _accuracy_section(con: Any, names: set[str]) -> str:
         return _none("The pack has no epoch or val_accuracy feature.")
     rows = _rows(con, 'SELECT s.episode_id, coalesce(e.scenario, \'?\') AS cause, s."epoch" AS epoch, '
                       "s.val_accuracy, s.action FROM steps s LEFT JOIN episodes e USING (episode_id) "
-                      "WHERE s.val_accuracy IS NOT NULL AND isfinite(s.val_accuracy) ORDER BY s.episode_id, s.step")
+                      "WHERE s.val_accuracy IS NOT NULL AND isfinite(s.val_accuracy) AND s.\"epoch\" IS NOT NULL "
+                      "ORDER BY s.episode_id, s.step")
     if not rows:
         return _none("No step has a finite validation accuracy.")
     return _figure(figures.accuracy_curves(rows),
@@ -206,7 +207,8 @@ def _counterfactual_section(pack: Pack, con: Any) -> str:
                       "LEFT JOIN episodes e USING (episode_id) WHERE s.counterfactual IS NOT NULL")
     gains: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        values = {c["action"]: c["accuracy"] for c in r["counterfactual"] if c["accuracy"] is not None}
+        values = {c["action"]: c["accuracy"] for c in r["counterfactual"]
+                  if c["accuracy"] is not None and math.isfinite(c["accuracy"])}
         if "WAIT" not in values:
             continue
         for action, accuracy in values.items():

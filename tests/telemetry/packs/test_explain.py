@@ -6,7 +6,7 @@ import json
 
 import duckdb
 import pytest
-from support.packs import run_cli
+from support.packs import described_episodes, run_cli, write_pack
 
 
 def _reference(pack, episode_id: str) -> list[dict]:
@@ -65,3 +65,21 @@ def test_an_episode_by_its_index_and_bad_input(described_pack, capsys):
     assert code == 2 and "no episode 'ep-missing'" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "explain", str(described_pack), "3", "--step", "99")
     assert code == 2 and "--step 99" in err
+
+
+def test_a_diverged_episode_is_valid_json_and_reports(tmp_path, capsys):
+    """NaN and Inf (a diverged run) cannot be JSON numbers: they become strings, at any depth."""
+    episodes = described_episodes(4)
+    episode, steps = episodes[0]
+    episode["final_accuracy"] = float("nan")
+    episode["seed_outcomes"][0]["improvement"] = float("-inf")
+    branched = next(s for s in steps if s["counterfactual"])
+    branched["counterfactual"][1]["accuracy"] = float("nan")
+    write_pack(tmp_path / "p", episodes)
+    code, out, _ = run_cli(capsys, "explain", str(tmp_path / "p"), episode["episode_id"], "--format", "json")
+    brief = json.loads(out)
+    assert code == 0 and brief["episode"]["final_accuracy"] == "nan"
+    assert brief["seed_outcomes"][0]["improvement"] == "-inf"
+    assert "nan" in [v["accuracy"] for c in brief["counterfactuals"] for v in c["values"]]
+    code, _, _ = run_cli(capsys, "report", str(tmp_path / "p"), "--out", str(tmp_path / "out"))
+    assert code == 0 and (tmp_path / "out" / "report.html").stat().st_size > 10_000
