@@ -117,8 +117,10 @@ def _reading(m: Manifest) -> list[str]:
             'pyarrow.dataset.dataset("PACK/steps", format="parquet", partitioning="hive")',
             'pandas.read_parquet("PACK/steps")',
             "```", "",
-            "Copy a pack with `cp -a` or `rsync -a` (it is made of links); `esper validate PACK` names a copy",
-            "that lost or followed them, and `esper repair PACK` restores them.", ""]
+            "Copy a pack with `cp -a` or `rsync -a`: it is made of links. `esper validate PACK` names a copy",
+            "that lost or followed them, and `esper repair PACK` restores them. To upload the pack to a hub,",
+            "upload the folder `PACK/current`: the last commit as plain files (this card, the manifest, both",
+            "tables).", ""]
 
 
 def _columns(m: Manifest) -> list[str]:

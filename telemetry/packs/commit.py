@@ -106,7 +106,6 @@ def inside(root: Path, path: Path) -> bool:
 def create_links(root: Path) -> None:
     """A new pack's top-level names, leading through `current` (which the first `publish` creates),
     and the glob guard."""
-    write_guard(root)
     for name in LINKED:
         try:
             os.symlink(f"{CURRENT}/{name}", root / name)
@@ -115,6 +114,7 @@ def create_links(root: Path) -> None:
                 raise PackError(f"{root}: the filesystem does not support symbolic links, which a pack "
                                 f"needs ({exc.strerror}); write the pack elsewhere") from None
             raise
+    write_guard(root)
 
 
 def publish(root: Path, manifest: Manifest, checkpoint: Checkpoint = _no_checkpoint) -> None:

@@ -38,7 +38,11 @@ def _versions_with_manifest(root: Path) -> list[Path]:
 
 
 def lost_links(root: Path) -> Path | None:
-    """The version folder a copy without links still holds (the newest), or None when that is not the case."""
+    """The version folder a copy without links still holds, or None when that is not the case.
+
+    The newest folder holding a manifest: a commit writes its manifest after its data files are in
+    place, so such a folder is complete (if the copy caught a commit that was interrupted before its
+    publication, that commit is the one restored)."""
     entry = root / MANIFEST_NAME
     if entry.exists() or entry.is_symlink() or (root / CURRENT).exists() or (root / CURRENT).is_symlink():
         return None

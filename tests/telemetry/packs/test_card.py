@@ -47,6 +47,18 @@ def test_the_loader_gives_exactly_the_packs_splits_with_the_manifests_row_counts
         datasets.load_dataset(str(described_pack), cache_dir=str(tmp_path / "cache"))
 
 
+def test_the_last_commits_folder_alone_loads_the_same_as_on_a_hub(described_pack, tmp_path):
+    """What the README says to upload: PACK/current as plain files (no links), guard left out."""
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets (the dev extra) is not installed")
+    upload = Path(shutil.copytree(described_pack / "current", tmp_path / "upload",
+                                  ignore=shutil.ignore_patterns("NOT-A-TABLE*")))
+    assert not any(p.is_symlink() for p in upload.rglob("*"))
+    manifest = read_manifest(described_pack)
+    loaded = datasets.load_dataset(str(upload), "steps", cache_dir=str(tmp_path / "cache"))
+    expected = {hf_split(s): st.steps for s, st in manifest.split_stats.items()}
+    assert {k: v.num_rows for k, v in loaded.items()} == expected
+
+
 def test_the_card_describes_the_pack_and_every_column(described_pack):
     manifest = read_manifest(described_pack)
     text = (described_pack / CARD_NAME).read_text(encoding="utf-8")
