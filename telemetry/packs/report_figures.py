@@ -77,7 +77,8 @@ def accuracy_curves(rows: Sequence[dict[str, Any]]) -> bytes:
                 if kind is not None:
                     marker, colour = MARKERS[kind]
                     ax.scatter([s["epoch"]], [s["val_accuracy"]], marker=marker, color=colour, s=30, zorder=3)
-        ax.set_title(f"{cause} ({len(episodes[cause])} episodes)", fontsize=10)
+        n = len(episodes[cause])
+        ax.set_title(f"{cause} ({n} episode{'' if n == 1 else 's'})", fontsize=10)
         ax.set_xlabel("epoch")
     for ax in axes[:, 0]:
         ax.set_ylabel("validation accuracy (%)")
