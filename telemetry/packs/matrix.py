@@ -56,20 +56,58 @@ class Matrix:
     masks: np.ndarray  # bool [rows, actions]
 
 
+def read_matrix(paths: Sequence[Path], rows: int | None, names: Sequence[str], label_column: str,
+                actions: Sequence[str], centre: np.ndarray | None, scale: np.ndarray | None, no_action: int,
+                episodes: Sequence[str] | None = None) -> Matrix:
+    """The matrix, labels and masks of the rows of `paths`: all of them (`rows`, as the manifest
+    says), or those of `episodes` (their row groups' `episode_id` read first, to place them)."""
+    groups = row_groups(paths)
+    keep = None
+    if episodes is not None:
+        groups, keep = _selected(groups, pa.array(list(episodes), pa.string()))
+    elif sum(g.rows for g in groups) != rows:
+        raise ValueError(f"the steps files hold {sum(g.rows for g in groups)} rows but manifest.json lists {rows}")
+    total = sum(g.rows for g in groups)
+    out = Matrix(np.empty((total, len(names)), dtype=np.float32), np.empty(total, dtype=np.int64),
+                 np.empty((total, len(actions)), dtype=bool))
+    fill(groups, out, names, label_column, actions, centre, scale, no_action, keep)
+    return out
+
+
+def _selected(groups: Sequence[RowGroup], wanted: pa.Array) -> tuple[list[RowGroup], list[pa.Array]]:
+    """Each row group's rows of the wanted episodes (a mask), placed one after another."""
+    placed, masks, start = [], [], 0
+    for g in groups:
+        ids = pq.ParquetFile(g.path, metadata=g.metadata).read_row_group(g.index, columns=["episode_id"])
+        mask = pc.is_in(ids.column(0), value_set=wanted).combine_chunks()
+        n = int(pc.sum(mask).as_py() or 0)
+        placed.append(RowGroup(g.path, g.index, start, n, g.metadata))
+        masks.append(mask)
+        start += n
+    return placed, masks
+
+
 def fill(groups: Sequence[RowGroup], out: Matrix, names: Sequence[str], label_column: str, actions: Sequence[str],
-         centre: np.ndarray | None, scale: np.ndarray | None, no_action: int) -> None:
+         centre: np.ndarray | None, scale: np.ndarray | None, no_action: int,
+         keep: Sequence[pa.Array] | None = None) -> None:
     """Read every row group and write it into its rows of `out` (see the module docstring).
 
     Features: numbers as float32, standardised with `centre` and `scale` when given, nulls 0.0
     after standardising (so a null lands on the mean). Labels: the index of `label_column`'s action
     name in `actions`, `no_action` where null or unknown. Masks: `action_mask`, all True where null.
+    With `keep` (a mask per row group), only those rows, which `groups` has already placed.
     """
     columns = [*names, label_column, "action_mask"]
     value_set = pa.array(list(actions), pa.string())
 
-    def task(group: RowGroup) -> None:
+    def task(number: int) -> None:
+        group = groups[number]
+        if group.rows == 0:
+            return
         file = pq.ParquetFile(group.path, metadata=group.metadata)
         table = file.read_row_group(group.index, columns=columns, use_threads=False)
+        if keep is not None:
+            table = table.filter(keep[number])
         rows = slice(group.start, group.start + group.rows)
         _features(table, names, out.features[rows], centre, scale)
         index = pc.index_in(table.column(label_column), value_set=value_set)
@@ -77,7 +115,7 @@ def fill(groups: Sequence[RowGroup], out: Matrix, names: Sequence[str], label_co
         _masks(table.column("action_mask").combine_chunks(), out.masks[rows])
 
     with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="pack-matrix") as pool:
-        for future in [pool.submit(task, g) for g in groups]:
+        for future in [pool.submit(task, i) for i in range(len(groups))]:
             future.result()
 
 
