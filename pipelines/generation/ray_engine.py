@@ -10,7 +10,9 @@ consumer, stays the pack's single writer.
 Faults: a task whose worker process or node dies is retried by Ray (`max_retries`); exceptions
 raised by the task itself are caught in the worker and returned as `Failed`, never retried (the
 same key would fail the same way). Closing `run` cancels what is in flight. When the driver dies,
-Ray ends its job and kills the job's workers; a local instance the driver started dies with it.
+Ray ends its job and kills the job's workers; a local instance the driver started dies with it
+(Ray's two per-node agent processes of that instance exit by themselves about a minute later: they
+try to report the raylet's death to the dead GCS first, with a fixed 60 s timeout).
 
 The connection is process-wide (`ray.init`) and stays open after a run, so several runs in one
 process (`esper compare`'s packs) share it; a local instance is restarted when a run asks for a
@@ -145,6 +147,8 @@ class RayEngine(Engine):
                 exceptions.ObjectLostError, exceptions.LocalRayletDiedError) as exc:
             return Failed(key, f"the worker running it died {WORKER_DEATH_RETRIES + 1} times "
                                f"({type(exc).__name__}: killed, out of memory, or its node was lost)")
+        except exceptions.RayError as exc:  # anything else Ray could not deliver
+            return Failed(key, describe(exc))
 
 
 def _probe(address: str, timeout: float = 10.0) -> None:
