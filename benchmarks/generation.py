@@ -41,13 +41,13 @@ import torch
 
 import pipelines.generation.episode as episode_module
 import pipelines.generation.summary as summary_module
-import telemetry.packs.writer as writer_module
 from pipelines.environment.datasets import load_dataset
 from pipelines.generation.capacity import cores
 from pipelines.generation.engine import EngineOptions
 from pipelines.generation.episode import GenerationSpec, run_episode
 from pipelines.generation.generate import _one_thread, generate
 from telemetry import DiagnosticTracker, load_config
+from telemetry.packs import PackWriter
 
 VARIANTS = {"minimal": ("minimal", 0.0), "diagnostic": ("diagnostic", 0.0),
             "diagnostic+counterfactual": ("diagnostic", GenerationSpec.counterfactual_fraction)}
@@ -111,21 +111,21 @@ def engines(args: argparse.Namespace) -> dict[str, Any]:
 def _timed_run(spec: GenerationSpec, episodes: int, workers: int, engine: EngineOptions) -> tuple[float, float]:
     """(steady-state, whole-run) episodes per hour of one run into a fresh pack."""
     stamps: list[float] = []
-    commit = writer_module.PackWriter.commit
+    commit = PackWriter.commit
 
     def timed(self: Any) -> Any:
         out = commit(self)
         stamps.append(time.perf_counter())
         return out
 
-    writer_module.PackWriter.commit = timed
+    PackWriter.commit = timed  # type: ignore[method-assign]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             generate(spec, Path(tmp) / "pack", episodes, workers=workers, engine=engine, show_progress=False)
             total = time.perf_counter() - start
     finally:
-        writer_module.PackWriter.commit = commit
+        PackWriter.commit = commit  # type: ignore[method-assign]
     episode_commits = stamps[:episodes]  # then the commits of close(): nothing new, and the compaction
     steady = 3600 * (episodes - 1) / (episode_commits[-1] - episode_commits[0])
     return steady, 3600 * episodes / total

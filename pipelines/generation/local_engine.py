@@ -83,43 +83,61 @@ class _Pool:
     def run(self, keys: Iterator[int]) -> Iterator[Outcome]:
         pool = self._new()
         pending: dict[Future[Outcome], int] = {}
+        running: set[Future[Outcome]] = set()  # as last seen: the futures a dead worker may have been running
         try:
-            self._fill(pool, pending, keys)
-            while pending:
+            while True:
+                if not self._fill(pool, pending, keys):  # the pool broke since the last wait
+                    yield from self._lost(pending, running)
+                    pool = self._replace(pool)
+                    continue
+                if not pending:
+                    return
                 running = {f for f in pending if f.running()}
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                lost = []
+                broken = False
                 for future in finished:
-                    key = pending.pop(future)
                     try:
-                        yield future.result()
+                        outcome = future.result()
                     except BrokenProcessPool:
-                        lost.append((key, future in running))
-                if lost:  # the pool is broken: every pending future fails the same way
-                    lost += [(key, future in running) for future, key in pending.items()]
-                    pending.clear()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    yield from self._requeue(lost)
-                    pool = self._new()
-                self._fill(pool, pending, keys)
+                        broken = True
+                        continue
+                    del pending[future]
+                    yield outcome
+                if broken:  # every other pending future fails the same way
+                    yield from self._lost(pending, running)
+                    pool = self._replace(pool)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _requeue(self, lost: list[tuple[int, bool]]) -> Iterator[Outcome]:
-        """Keys of a broken pool back in line; one that was running when a worker died gets a strike."""
-        for key, was_running in sorted(lost):
-            self.deaths[key] += was_running
+    def _replace(self, pool: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        pool.shutdown(wait=True, cancel_futures=True)
+        return self._new()
+
+    def _lost(self, pending: dict[Future[Outcome], int], running: set[Future[Outcome]]) -> Iterator[Outcome]:
+        """Keys of a broken pool back in line. A key that was running when a worker died gets a strike (every
+        key does when none was seen running, so a pool that keeps breaking cannot loop forever)."""
+        lost = sorted((key, future in running) for future, key in pending.items())
+        pending.clear()
+        blame_all = not any(was_running for _, was_running in lost)
+        for key, was_running in lost:
+            self.deaths[key] += was_running or blame_all
             if self.deaths[key] > WORKER_DEATH_RETRIES:
                 yield Failed(key, f"the worker running it died {self.deaths[key]} times (killed, or out of memory)")
             else:
                 self.retry.append(key)
 
-    def _fill(self, pool: ProcessPoolExecutor, pending: dict[Future[Outcome], int], keys: Iterator[int]) -> None:
+    def _fill(self, pool: ProcessPoolExecutor, pending: dict[Future[Outcome], int], keys: Iterator[int]) -> bool:
+        """Submit keys (retries first) up to the queue depth; False when the pool turns out to be broken."""
         while len(pending) < QUEUED_PER_WORKER * self.workers:
             key = self.retry.popleft() if self.retry else next(keys, None)
             if key is None:
-                return
-            pending[pool.submit(_work, key)] = key
+                return True
+            try:
+                pending[pool.submit(_work, key)] = key
+            except BrokenProcessPool:
+                self.retry.appendleft(key)
+                return False
+        return True
 
 
 # ---- in the worker process -------------------------------------------------------------------------
