@@ -9,9 +9,17 @@ Breakdown: episodes run in this process on one thread with timers around the tra
 (telemetry) and the annotation functions (decision context, hindsight, summary), giving each one's
 share of the episode's wall time per profile.
 
+Engines (`--engine ray`): the same episodes on the local pool and on Ray (a local Ray instance
+started once, before timing, as a cluster would be) at 1, 2, 4, ... workers up to all cores, the
+engines interleaved. Episodes per hour are steady-state rates, from the first committed episode to
+the last (start-up of either engine excluded: workers spawning and importing torch); the whole-run
+rate is reported beside them. Ray / local at the same worker count is the engine's overhead;
+eph(W) / (W * eph(1)) is each engine's scaling efficiency.
+
     python benchmarks/generation.py             # 8 episodes x 3 repetitions, 2 workers
     python benchmarks/generation.py --quick     # under a minute on 2 CPU cores
     python benchmarks/generation.py --json      # one JSON object
+    python benchmarks/generation.py --engine ray [--quick]   # Ray against the local pool, 1..all cores
 """
 
 from __future__ import annotations
@@ -34,9 +42,12 @@ import torch
 import pipelines.generation.episode as episode_module
 import pipelines.generation.summary as summary_module
 from pipelines.environment.datasets import load_dataset
+from pipelines.generation.capacity import cores
+from pipelines.generation.engine import EngineOptions
 from pipelines.generation.episode import GenerationSpec, run_episode
 from pipelines.generation.generate import _one_thread, generate
 from telemetry import DiagnosticTracker, load_config
+from telemetry.packs import PackWriter
 
 VARIANTS = {"minimal": ("minimal", 0.0), "diagnostic": ("diagnostic", 0.0),
             "diagnostic+counterfactual": ("diagnostic", GenerationSpec.counterfactual_fraction)}
@@ -61,6 +72,63 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "counterfactual_over_diagnostic": round(statistics.median(
             [c / d for c, d in zip(times["diagnostic+counterfactual"], times["diagnostic"], strict=True)]), 3),
     }
+
+
+def engines(args: argparse.Namespace) -> dict[str, Any]:
+    """Steady-state episodes per hour of both engines at each worker count (see the module docstring)."""
+    import os
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local instance on loopback only
+    import ray
+
+    counts = sorted({*(2**i for i in range(8) if 2**i < cores()), cores()})
+    start = time.perf_counter()
+    ray.init(address="local", num_cpus=cores(), include_dashboard=False, logging_level="WARNING")
+    ray_start = time.perf_counter() - start
+    spec = GenerationSpec(load_config(args.profile), dataset=args.dataset, epochs=args.epochs, rng_seed=args.seed,
+                          counterfactual_fraction=0.0)
+    runs: dict[str, dict[int, list[tuple[float, float]]]] = {"local": defaultdict(list), "ray": defaultdict(list)}
+    try:
+        for rep in range(args.reps):
+            for workers in counts:
+                order = ["local", "ray"] if rep % 2 == 0 else ["ray", "local"]
+                for engine in order:
+                    runs[engine][workers].append(_timed_run(spec, args.episodes, workers, EngineOptions(engine)))
+    finally:
+        ray.shutdown()
+    steady = {e: {w: statistics.median(r[0] for r in rs) for w, rs in by.items()} for e, by in runs.items()}
+    whole = {e: {w: statistics.median(r[1] for r in rs) for w, rs in by.items()} for e, by in runs.items()}
+    return {
+        "worker_counts": counts,
+        "ray_instance_start_s": round(ray_start, 1),
+        "episodes_per_hour_steady": {e: {w: round(v, 1) for w, v in by.items()} for e, by in steady.items()},
+        "episodes_per_hour_whole_run": {e: {w: round(v, 1) for w, v in by.items()} for e, by in whole.items()},
+        "ray_over_local": {w: round(steady["ray"][w] / steady["local"][w], 3) for w in counts},
+        "scaling_efficiency": {e: {w: round(by[w] / (w * by[1]), 3) for w in counts} for e, by in steady.items()},
+    }
+
+
+def _timed_run(spec: GenerationSpec, episodes: int, workers: int, engine: EngineOptions) -> tuple[float, float]:
+    """(steady-state, whole-run) episodes per hour of one run into a fresh pack."""
+    stamps: list[float] = []
+    commit = PackWriter.commit
+
+    def timed(self: Any) -> Any:
+        out = commit(self)
+        stamps.append(time.perf_counter())
+        return out
+
+    PackWriter.commit = timed  # type: ignore[method-assign]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            generate(spec, Path(tmp) / "pack", episodes, workers=workers, engine=engine, show_progress=False)
+            total = time.perf_counter() - start
+    finally:
+        PackWriter.commit = commit  # type: ignore[method-assign]
+    episode_commits = stamps[:episodes]  # then the commits of close(): nothing new, and the compaction
+    steady = 3600 * (episodes - 1) / (episode_commits[-1] - episode_commits[0])
+    return steady, 3600 * episodes / total
 
 
 class _Timers:
@@ -123,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--breakdown-episodes", type=int, default=4)
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: compare the Ray engine with the local pool at 1..all cores instead")
+    p.add_argument("--profile", default="diagnostic", help="profile of the engine comparison's episodes")
     args = p.parse_args(argv)
+    if args.engine == "ray":
+        if args.quick:
+            args.episodes, args.epochs, args.reps = 8, 10, 1
+        return _report_engines(args)
     if args.quick:
         args.episodes, args.epochs, args.reps, args.breakdown_episodes = 4, 10, 1, 2
     result: dict[str, Any] = {"device": f"cpu ({platform.processor() or platform.machine()}), "
@@ -150,6 +225,27 @@ def main(argv: list[str] | None = None) -> int:
     for prof, b in result["breakdown"].items():
         shares = ", ".join(f"{k.removesuffix('_share')} {v:.1%}" for k, v in b.items() if k.endswith("_share"))
         print(f"  {prof:<10} {b['seconds_per_episode']:.2f} s/episode on one thread; {shares}")
+    return 0
+
+
+def _report_engines(args: argparse.Namespace) -> int:
+    result: dict[str, Any] = {"device": f"cpu ({platform.processor() or platform.machine()}), {cores()} cores",
+                              "settings": {k: v for k, v in vars(args).items() if k != "json"}}
+    result.update(engines(args))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"device: {result['device']}; {args.episodes} episodes x {args.epochs} epochs on {args.dataset}, "
+          f"{args.profile} profile, {args.reps} repetitions (medians); Ray instance start "
+          f"{result['ray_instance_start_s']} s (excluded)")
+    print(f"  {'workers':>7} {'local eph':>10} {'ray eph':>10} {'ray/local':>9} {'local eff':>9} {'ray eff':>8}"
+          f"   whole run: {'local':>7} {'ray':>7}")
+    for w in result["worker_counts"]:
+        s, e, whole = (result["episodes_per_hour_steady"], result["scaling_efficiency"],
+                       result["episodes_per_hour_whole_run"])
+        print(f"  {w:>7} {s['local'][w]:>10.0f} {s['ray'][w]:>10.0f} {result['ray_over_local'][w]:>9.3f} "
+              f"{e['local'][w]:>9.3f} {e['ray'][w]:>8.3f}   {'':>10} {whole['local'][w]:>7.0f} {whole['ray'][w]:>7.0f}")
+    print("  targets: ray/local >= 0.9 at the same worker count; scaling efficiency >= 0.8 at 16 workers")
     return 0
 
 

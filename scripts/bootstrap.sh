@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the project with its test tools. Idempotent and fast when nothing changed.
+# Create .venv and install the project with its test tools and the Ray extra (the engine tests run a
+# real Ray cluster). Idempotent and fast when nothing changed.
 # torch is installed first, pinned to a CPU build where one is on hand, so pip never pulls a
 # multi-GB CUDA build just to satisfy the dependency. TORCH_INDEX=<url> picks another wheel index
 # (for example the CPU index of download.pytorch.org on a machine that reaches it).
@@ -23,7 +24,12 @@ stamp=.venv/.esper-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "bootstrap: installing esper-telemetry and its dependencies" >&2
-    pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" >&2 || true
-    python -c "import telemetry, duckdb, polars, pyarrow, sklearn" || { echo "bootstrap: install failed" >&2; exit 1; }
+    torch_before=$(pip show torch 2>/dev/null | sed -n 's/^Version: //p')
+    pip install -q -e '.[dev,ray]' 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    python -c "import telemetry, duckdb, polars, pyarrow, sklearn, ray" || { echo "bootstrap: install failed" >&2; exit 1; }
+    torch_after=$(pip show torch 2>/dev/null | sed -n 's/^Version: //p')
+    if [ "$torch_after" != "$torch_before" ]; then  # the extras must never swap the CPU build for another
+        echo "bootstrap: installing the project replaced torch $torch_before with $torch_after" >&2; exit 1
+    fi
     echo "$want" > "$stamp"
 fi

@@ -7,6 +7,7 @@ import os
 import sys
 
 from pipelines.environment.datasets import DATASETS
+from pipelines.generation.cli import add_engine_arguments, engine_options
 from pipelines.generation.episode import COUNTERFACTUAL_EPOCHS
 from pipelines.training.train import TARGETS, TrainOptions
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--online-episodes", type=int, default=40, metavar="M",
                    help="fresh episodes each policy drives (default 40)")
     p.add_argument("--workers", type=int, default=1, help="parallel episode workers")
+    add_engine_arguments(p)
     p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10's python batch files are")
     p.add_argument("--epochs", type=int, default=25, help="epochs per episode (default 25)")
@@ -75,7 +77,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     spec = CompareSpec(
         baseline=args.baseline, candidate=args.candidate, episodes=args.episodes, seeds=args.seeds,
         target=args.target, online_episodes=args.online_episodes, dataset=args.dataset, data_dir=args.data_dir,
-        epochs=args.epochs, seed=args.seed, workers=args.workers, counterfactual_fraction=args.counterfactual,
+        epochs=args.epochs, seed=args.seed, workers=args.workers, engine=engine_options(args),
+        counterfactual_fraction=args.counterfactual,
         counterfactual_epochs=args.counterfactual_epochs,
         train=TrainOptions(hidden=args.hidden, max_epochs=args.max_epochs, patience=args.patience),
     )

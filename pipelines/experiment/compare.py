@@ -37,6 +37,7 @@ import torch
 
 from pipelines.environment.morphogenetic_env import EnvOptions
 from pipelines.experiment.bootstrap import RESAMPLES, SEED, bootstrap_ci
+from pipelines.generation.engine import EngineOptions
 from pipelines.generation.episode import COUNTERFACTUAL_EPOCHS, GenerationSpec
 from pipelines.generation.generate import generate
 from pipelines.policies.learned_policy import LearnedPolicy, prepare
@@ -67,6 +68,7 @@ class CompareSpec:
     epochs: int = 25
     seed: int = 0
     workers: int = 1
+    engine: EngineOptions = field(default_factory=EngineOptions)  # where the packs' episodes run
     counterfactual_fraction: float = 0.1
     counterfactual_epochs: int = COUNTERFACTUAL_EPOCHS
     train: TrainOptions = field(default_factory=TrainOptions)
@@ -84,6 +86,7 @@ class CompareSpec:
             if getattr(self, name) < 1:
                 raise CompareError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         self.train.check()
+        self.engine.check()
 
 
 Progress = Callable[[str], None]
@@ -132,7 +135,7 @@ def _training_pack(spec: CompareSpec, out: Path, pack: str | Path | None, show_p
                              counterfactual_epochs=spec.counterfactual_epochs)
         path = out / "pack"
         generate(gen, path, spec.episodes, workers=spec.workers, resume=(path / MANIFEST_NAME).exists(),
-                 show_progress=show_progress)
+                 show_progress=show_progress, engine=spec.engine)
         pack = path
     opened = open_pack(pack)
     have = set(opened.manifest.feature_schema.index)
@@ -293,7 +296,7 @@ def _online(spec: CompareSpec, pack: Pack, generation: dict[str, Any], models: d
         path = out / "online" / name
         gen = online_spec(pack, generation, policy, sha)
         generate(gen, path, spec.online_episodes, workers=spec.workers,
-                 resume=(path / MANIFEST_NAME).exists(), show_progress=show_progress)
+                 resume=(path / MANIFEST_NAME).exists(), show_progress=show_progress, engine=spec.engine)
         episodes[name] = open_pack(path).episodes(columns=["episode_id", "scenario", "final_accuracy",
                                                            "params_added", "seed_outcomes"])
     per_policy = {name: _episode_metrics(table) for name, table in episodes.items()}

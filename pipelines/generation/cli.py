@@ -1,14 +1,47 @@
-"""`esper generate`: the project's main job, annotated episodes into a pack."""
+"""`esper generate`: the project's main job, annotated episodes into a pack.
+
+`add_engine_arguments` / `engine_options` are the engine options (`--engine local|ray`, `--address`,
+`--cpus-per-episode`, `--gpus-per-episode`) for any command that runs episodes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from typing import TYPE_CHECKING
 
 from pipelines.environment.datasets import DATASETS
 from pipelines.environment.scenarios import SCENARIOS
 from pipelines.generation.annotations import HINDSIGHT_EPOCHS
 from pipelines.generation.episode import COUNTERFACTUAL_EPOCHS, POLICIES
+
+if TYPE_CHECKING:
+    from pipelines.generation.engine import EngineOptions
+
+EXIT_EPISODES_FAILED = 1  # the run worked but episodes raised (bad input is 2)
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """Where episodes run; shared by every command that runs episodes."""
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: a process pool on this machine (default); ray: Ray tasks on a cluster "
+                        "(pip install 'esper-telemetry[ray]')")
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: join the Ray cluster at ADDR (e.g. head-node:6379; default "
+                        "$RAY_ADDRESS); without either, a local Ray instance starts")
+    p.add_argument("--cpus-per-episode", type=float, default=1.0, metavar="C",
+                   help="with --engine ray: CPUs each episode reserves (default 1; torch runs one thread)")
+    p.add_argument("--gpus-per-episode", type=float, default=0.0, metavar="F",
+                   help="with --engine ray: GPUs each episode reserves, fractions share one (default 0)")
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    from pipelines.generation.engine import EngineOptions
+
+    address = args.address or (os.environ.get("RAY_ADDRESS") or None if args.engine == "ray" else None)
+    return EngineOptions(kind=args.engine, address=address, cpus_per_episode=args.cpus_per_episode,
+                         gpus_per_episode=args.gpus_per_episode)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="diagnostic", help="telemetry profile (default: diagnostic)")
     p.add_argument("--episodes", type=int, required=True, help="episodes the pack should hold")
     p.add_argument("--out", required=True, metavar="PACK", help="pack directory to create (or resume)")
-    p.add_argument("--workers", type=int, default=1,
-                   help=f"parallel worker processes, one torch thread each (this machine: {os.cpu_count()} CPUs)")
+    p.add_argument("--workers", type=int,
+                   help="episodes at once, one torch thread each (default: 1 on the local pool, what the "
+                        f"cluster holds with --engine ray; capped at what this machine holds: {os.cpu_count()} CPUs)")
     p.add_argument("--epochs", type=int, default=25, help="epochs per episode, epoch 0 included (default 25)")
     p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10's python batch files are")
@@ -27,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--resume", action="store_true", help="complete an interrupted pack to --episodes")
+    add_engine_arguments(p)
+    p.add_argument("--keep-going", action="store_true",
+                   help="when an episode raises, report it and run the others (default: stop)")
     p.add_argument("--policy", default="heuristic", metavar="POLICY",
                    help=f"behaviour policy: {' or '.join(POLICIES)} (default heuristic), or a directory "
                         "written by `esper train`")
@@ -45,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from pipelines.generation.episode import GenerationSpec
-    from pipelines.generation.generate import generate
+    from pipelines.generation.generate import EpisodesFailed, generate
     from telemetry import load_config
 
     spec = GenerationSpec(
@@ -56,8 +93,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         hindsight_epochs=args.hindsight_epochs,
         scenarios=tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
     )
-    report = generate(spec, args.out, args.episodes, workers=args.workers, resume=args.resume,
-                      show_progress=not args.quiet)
+    try:
+        report = generate(spec, args.out, args.episodes, workers=args.workers, resume=args.resume,
+                          show_progress=not args.quiet, engine=engine_options(args), keep_going=args.keep_going)
+    except EpisodesFailed as exc:
+        print(f"esper: error: {exc}", file=sys.stderr)
+        return EXIT_EPISODES_FAILED
     print(f"{report.path}: {report.total} episodes ({report.added} generated in {report.seconds:.1f} s); "
           f"next: esper inspect {report.path}")
     return 0

@@ -1,26 +1,27 @@
 """Batch generation: N annotated episodes into a pack, in parallel, committed as they finish.
 
     generate(GenerationSpec(load_config("diagnostic")), "runs/pack", episodes=200, workers=8)
+    generate(spec, "runs/pack", 10_000, engine=EngineOptions("ray", address="head:6379"))
 
-Episodes run in worker processes (spawned, one torch thread each, so an episode's floats do not
-depend on how many threads a worker happened to get) and are committed to the pack one by one as
-they finish: a crash or a kill loses at most the episodes in flight. Episode i's content depends
-only on (spec, i), so `resume=True` finishes an interrupted pack to exactly N episodes, none
-duplicated, and the result equals an uninterrupted run's. The pack's writer lock refuses a second
-run on the same pack.
+Episodes run on an engine (engine.py): the local process pool by default, or Ray across machines.
+Each runs in a worker with one torch thread, so an episode's floats do not depend on the engine or
+on how many threads a worker happened to get, and comes back as Arrow tables; this process is the
+pack's only writer and commits each episode as it arrives: a crash or a kill loses at most the
+episodes in flight. Episode i's content depends only on (spec, i), so `resume=True` finishes an
+interrupted pack to exactly N episodes, none duplicated, with either engine, and the result equals
+an uninterrupted run's. The pack's writer lock refuses a second run on the same pack.
+
+An episode that raises is reported with its id and error; the run stops there (the pack keeps what
+was committed), or with `keep_going=True` finishes the others and reports every failure at the end.
 """
 
 from __future__ import annotations
 
-import os
-import threading
+import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,10 @@ from pipelines.environment.actions import ACTION_NAMES
 from pipelines.environment.datasets import Dataset, load_dataset
 from pipelines.environment.host import HostCNN
 from pipelines.environment.scenarios import SCENARIOS
-from pipelines.generation.episode import POLICIES, EpisodeResult, GenerationSpec, episode_id, run_episode
+from pipelines.generation.capacity import cap_workers, cores
+from pipelines.generation.engine import Done, Engine, EngineOptions, Failed, open_engine
+from pipelines.generation.episode import POLICIES, GenerationSpec, episode_id
+from pipelines.generation.episode_task import EpisodeTask, one_thread
 from pipelines.generation.progress import Progress
 from pipelines.policies.learned_policy import POLICY_FILE, LearnedPolicy
 from telemetry import EsperError, FeatureSchema, build_feature_schema, profile_feature_names
@@ -38,10 +42,22 @@ from telemetry.packs import MANIFEST_NAME, Manifest, PackWriter, read_manifest, 
 
 # Settings that may differ between a run and its --resume without changing any episode's content.
 _RESUME_FREE = ("data_dir",)
+# A writer holds every episode id of its pack in memory (about 100 bytes each) and a run draws its
+# indices lazily; past this, split the run into several packs.
+MAX_EPISODES = 10_000_000
+_one_thread = one_thread  # the name tests and benchmarks use
 
 
 class GenerationError(EsperError):
     """Bad generation settings, or a pack that cannot be completed with them."""
+
+
+class EpisodesFailed(GenerationError):
+    """Episodes raised while running; the pack holds every episode that finished."""
+
+    def __init__(self, message: str, failures: list[Failed]) -> None:
+        super().__init__(message)
+        self.failures = failures
 
 
 @dataclass(frozen=True)
@@ -52,12 +68,18 @@ class GenerationReport:
     seconds: float
 
 
-def check_spec(spec: GenerationSpec, episodes: int, workers: int) -> None:
+def check_spec(spec: GenerationSpec, episodes: int, workers: int | None,
+               engine: EngineOptions | None = None) -> None:
     """Every setting checked before anything is started or written."""
     if episodes < 1:
         raise GenerationError(f"--episodes must be >= 1, got {episodes}")
-    if workers < 1:
+    if episodes > MAX_EPISODES:
+        raise GenerationError(f"--episodes {episodes}: expected at most {MAX_EPISODES:,} per pack (its writer "
+                              "holds every episode id in memory); split the run into several packs")
+    if workers is not None and workers < 1:
         raise GenerationError(f"--workers must be >= 1, got {workers}")
+    engine = engine or EngineOptions()
+    engine.check(spec.device)
     if spec.rng_seed < 0:  # episode streams are numpy SeedSequences, which take non-negative integers only
         raise GenerationError(f"--seed must be >= 0, got {spec.rng_seed}")
     if spec.epochs < 2:
@@ -82,7 +104,8 @@ def check_spec(spec: GenerationSpec, episodes: int, workers: int) -> None:
                               f"expected a comma-separated subset of: {', '.join(SCENARIOS)}")
     if spec.device not in ("cpu", "cuda") and not spec.device.startswith("cuda:"):
         raise GenerationError(f"--device must be cpu or cuda, got {spec.device!r}")
-    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+    remote = engine.kind == "ray" and engine.address is not None  # the cluster's nodes need CUDA, not this one
+    if spec.device.startswith("cuda") and not remote and not torch.cuda.is_available():
         raise GenerationError(f"--device {spec.device}: CUDA is not available on this machine")
 
 
@@ -104,39 +127,122 @@ def _provenance(spec: GenerationSpec, host: HostCNN, dataset: Dataset, episodes:
     }
 
 
-def generate(spec: GenerationSpec, out: str | Path, episodes: int, *, workers: int = 1,
-             resume: bool = False, show_progress: bool = True) -> GenerationReport:
-    """Generate episodes 0..N-1 of `spec` into the pack at `out` (or the missing ones, with resume)."""
-    check_spec(spec, episodes, workers)
+def generate(spec: GenerationSpec, out: str | Path, episodes: int, *, workers: int | None = 1,
+             resume: bool = False, show_progress: bool = True, engine: EngineOptions | None = None,
+             keep_going: bool = False, say: Callable[[str], None] | None = None) -> GenerationReport:
+    """Generate episodes 0..N-1 of `spec` into the pack at `out` (or the missing ones, with resume).
+
+    `workers`: episodes at once (None: 1 on the local pool, the cluster's capacity on Ray). `engine`:
+    where they run (default: the local pool). `keep_going`: finish the other episodes when one raises.
+    `say`: where notes and failures are printed (default: stderr). Raises `EpisodesFailed` when
+    episodes failed, after committing every one that finished.
+    """
+    engine = engine or EngineOptions()
+    say = say or _stderr
+    check_spec(spec, episodes, workers, engine)
     out = Path(out)
     dataset = load_dataset(spec.dataset, spec.data_dir)
     host = reference_host(dataset, spec)
     schema = build_feature_schema(spec.config, host, dataset.num_classes)
     if spec.policy not in POLICIES:
         spec = _with_learned_policy(spec, schema)
+    workers = _machine_workers(workers, engine, dataset, say)
+    runner = open_engine(engine, workers)  # before the pack: a cluster that cannot be reached leaves nothing
     writer = _open(out, spec, schema, host, dataset, episodes, resume)
     start = time.monotonic()
     try:
-        done = {int(i.removeprefix("ep-")) for i in writer.episode_ids}
-        beyond = sorted(i for i in done if i >= episodes)
-        if beyond:
-            raise GenerationError(f"{out}: the pack already holds episode {beyond[-1]} (of {len(done)}); "
-                                  f"--episodes {episodes} must be at least {beyond[-1] + 1}")
-        todo = [i for i in range(episodes) if i not in done]
-        progress = Progress(episodes, len(done)) if show_progress else None
-        with closing(_results(spec, todo, workers, dataset)) as results:
-            for result in results:
-                writer.add_episode(result.episode, result.steps)
-                writer.commit()
-                if progress:
-                    progress.advance()
+        todo = _todo(writer, out, episodes)
+        progress = Progress(episodes, episodes - len(todo), status=runner.status) if show_progress else None
+        task = EpisodeTask(spec, writer.manifest.arrow_schema("steps"), writer.manifest.arrow_schema("episodes"),
+                           dataset)
+        added, failures = _commit_results(runner, task, todo, writer, progress, keep_going, say)
         if progress:
             progress.close()
         writer.close()
     except BaseException:
         writer.abort()
         raise
-    return GenerationReport(out, len(todo), episodes, time.monotonic() - start)
+    if failures:
+        committed = episodes - len(todo) + added
+        raise EpisodesFailed(_failure_message(failures, out, committed, episodes, keep_going), failures)
+    return GenerationReport(out, added, episodes, time.monotonic() - start)
+
+
+class _Todo:
+    """Indices 0..N-1 not yet in the pack, drawn lazily: never a list of every index."""
+
+    def __init__(self, episodes: int, done: set[int]) -> None:
+        self.episodes, self.done = episodes, done
+
+    def __len__(self) -> int:
+        return self.episodes - len(self.done)
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.episodes):
+            if i not in self.done:
+                yield i
+
+
+def _todo(writer: PackWriter, out: Path, episodes: int) -> _Todo:
+    done = {int(i.removeprefix("ep-")) for i in writer.episode_ids}
+    beyond = max(done, default=-1)
+    if beyond >= episodes:
+        raise GenerationError(f"{out}: the pack already holds episode {beyond} (of {len(done)}); "
+                              f"--episodes {episodes} must be at least {beyond + 1}")
+    return _Todo(episodes, done)
+
+
+def _commit_results(runner: Engine, task: EpisodeTask, todo: _Todo, writer: PackWriter, progress: Progress | None,
+                    keep_going: bool, say: Callable[[str], None]) -> tuple[int, list[Failed]]:
+    """Commit each episode as it arrives; a failure is reported at once and stops the run unless keep_going.
+    Returns the episodes committed and the failures."""
+    added, failures = 0, []
+    with closing(runner.run(task, todo)) as outcomes:
+        for outcome in outcomes:
+            if isinstance(outcome, Failed):
+                failures.append(outcome)
+                (progress.note if progress else say)(f"{episode_id(outcome.key)} failed: {outcome.error}")
+                if not keep_going:
+                    break
+                continue
+            assert isinstance(outcome, Done)
+            tables = outcome.value
+            writer.add_episodes(tables.episode, tables.steps)
+            writer.commit()
+            added += 1
+            if progress:
+                progress.advance()
+    return added, failures
+
+
+def _failure_message(failures: list[Failed], out: Path, committed: int, episodes: int, keep_going: bool) -> str:
+    first = failures[0]
+    if not keep_going:
+        return (f"{episode_id(first.key)} failed: {first.error}; stopped with {committed} of {episodes} episodes in "
+                f"{out} (rerun with --resume once the cause is fixed, or with --keep-going to run the others past "
+                "a failure)")
+    ids = ", ".join(episode_id(f.key) for f in failures[:5]) + (", ..." if len(failures) > 5 else "")
+    return (f"{len(failures)} of {episodes} episodes failed ({ids}; the first: {first.error}); {out} holds "
+            f"the {committed} others: rerun with --resume once the cause is fixed")
+
+
+def _machine_workers(workers: int | None, engine: EngineOptions, dataset: Dataset,
+                     say: Callable[[str], None]) -> int | None:
+    """Workers capped at what this machine holds, when they run on it (not on a cluster's nodes)."""
+    if engine.kind == "ray" and engine.address is not None:
+        return workers
+    bytes_ = sum(t.numel() * t.element_size() for t in (dataset.x_train, dataset.y_train, dataset.x_val,
+                                                         dataset.y_val))
+    if workers is None:  # the local pool's default is one worker, a local Ray instance's the machine
+        return cap_workers(cores(), bytes_)[0] if engine.kind == "ray" else 1
+    capped, note = cap_workers(workers, bytes_)
+    if note:
+        say(note)
+    return capped
+
+
+def _stderr(line: str) -> None:
+    print(f"esper: {line}", file=sys.stderr, flush=True)
 
 
 def _with_learned_policy(spec: GenerationSpec, schema: FeatureSchema) -> GenerationSpec:
@@ -178,81 +284,3 @@ def _check_resumable(out: Path, manifest: Manifest, spec: GenerationSpec) -> Non
         if recorded.get(key) != now.get(key):
             raise GenerationError(f"--resume: the pack was generated with {key}={recorded.get(key)!r}, this run "
                                   f"has {key}={now.get(key)!r}; resume with the pack's settings")
-
-
-# ---- running episodes ----------------------------------------------------------------------------
-
-def _results(spec: GenerationSpec, todo: list[int], workers: int, dataset: Dataset) -> Iterator[EpisodeResult]:
-    """Finished episodes in completion order."""
-    if not todo:
-        return
-    if workers == 1:
-        with _one_thread():
-            for index in todo:
-                yield run_episode(spec, index, dataset)
-        return
-    yield from _parallel(spec, todo, workers)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _parallel(spec: GenerationSpec, todo: list[int], workers: int) -> Iterator[EpisodeResult]:
-    """At most 2 * workers episodes queued at once, so an abort never leaves a long queue to drain."""
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn"),
-                               initializer=_init_worker, initargs=(spec,))
-    pending: dict[Future[EpisodeResult], int] = {}
-    queue = iter(todo)
-    try:
-        for index in queue:
-            pending[pool.submit(_work, index)] = index
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                index = pending.pop(future)
-                yield _result(future, index)
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending[pool.submit(_work, nxt)] = nxt
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _result(future: Future[EpisodeResult], index: int) -> EpisodeResult:
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        raise GenerationError(f"a worker process died while running {episode_id(index)} (killed, or out of "
-                              "memory); finished episodes are committed: rerun with --resume") from None
-
-
-_SPEC: GenerationSpec | None = None
-_DATASET: Dataset | None = None
-
-
-def _init_worker(spec: GenerationSpec) -> None:
-    global _SPEC, _DATASET
-    torch.set_num_threads(1)
-    _SPEC, _DATASET = spec, load_dataset(spec.dataset, spec.data_dir)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A killed run cannot shut its pool down, and its idle workers would wait for work forever."""
-    while os.getppid() == parent:
-        time.sleep(0.2)
-    os._exit(1)
-
-
-def _work(index: int) -> EpisodeResult:
-    assert _SPEC is not None and _DATASET is not None
-    return run_episode(_SPEC, index, _DATASET)
