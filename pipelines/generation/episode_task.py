@@ -12,6 +12,7 @@ floats of an episode then depend only on (spec, index), never on where it ran.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class EpisodeTask(Task):
                  dataset: Dataset | None = None) -> None:
         self.spec, self.steps_schema, self.episodes_schema = spec, steps_schema, episodes_schema
         self._dataset = dataset  # given in the driver's own process; workers load theirs in setup
-        self._raise_at = _fault_indices(os.environ.get(FAULT_ENV, ""))
+        self._raise_at, self._delay = _faults(os.environ.get(FAULT_ENV, ""))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_dataset": None}  # workers load the data set, never receive it
@@ -72,6 +73,7 @@ class EpisodeTask(Task):
     def __call__(self, index: int) -> EpisodeTables:
         if index in self._raise_at:
             raise InjectedFault(f"injected fault in {episode_id(index)} ({FAULT_ENV})")
+        time.sleep(self._delay)
         self.setup()
         assert self._dataset is not None
         with one_thread():
@@ -98,8 +100,12 @@ def _check_columns(rows: list[dict[str, Any]], schema: pa.Schema, what: str) -> 
             raise ValueError(f"{what}: column {sorted(unknown)[0]!r} is not in the pack's schema")
 
 
-def _fault_indices(text: str) -> frozenset[int]:
-    kind, _, indices = text.partition(":")
-    if kind != "raise":
-        return frozenset()
-    return frozenset(int(i) for i in indices.split(",") if i.strip())
+def _faults(text: str) -> tuple[frozenset[int], float]:
+    """`raise:I,J` makes episodes I and J raise; `delay:S` holds every episode S seconds before it runs,
+    so that a fault test outside the worker can be sure to find each episode still running."""
+    kind, _, value = text.partition(":")
+    if kind == "raise":
+        return frozenset(int(i) for i in value.split(",") if i.strip()), 0.0
+    if kind == "delay":
+        return frozenset(), float(value)
+    return frozenset(), 0.0

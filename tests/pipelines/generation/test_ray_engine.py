@@ -61,18 +61,21 @@ def test_a_ray_pack_equals_the_local_pack_column_by_column(ray_cluster, engine_r
 
 
 def test_killed_workers_are_retried_and_the_pack_holds_exactly_n_episodes(ray_cluster, engine_reference: Path,
-                                                                         tmp_path: Path) -> None:
-    """SIGKILL of the worker process running an episode, on either node, five times, five episodes."""
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL of the worker process running an episode, on either node, five times, five episodes. Each
+    episode is held a second before it runs, so the kills do not race the run's end on a fast machine."""
     out = tmp_path / "ray"
+    monkeypatch.setenv(FAULT_ENV, "delay:1.0")  # shipped to the workers with the task
     killed: list[tuple[int, int]] = []  # (node, episode)
     done = threading.Event()
 
     def killer() -> None:
         waited = time.monotonic()
         while not done.is_set() and len(killed) < WORKER_KILLS:
-            prefer = len(killed) % 2  # alternate nodes; any node after 3 s without a candidate on that one
+            prefer = len(killed) % 2  # alternate nodes; any node after 1.5 s without a candidate on that one
             for pid, (node, episode) in ray_cluster.episode_workers().items():
-                if episode in {e for _, e in killed} or (node != prefer and time.monotonic() - waited < 3):
+                if episode in {e for _, e in killed} or (node != prefer and time.monotonic() - waited < 1.5):
                     continue  # a retried episode is left alone: each dies once, within Ray's retries
                 time.sleep(0.3)  # into the episode
                 if ray_cluster.episode_workers().get(pid) == (node, episode):
