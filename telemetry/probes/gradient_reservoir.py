@@ -80,7 +80,7 @@ def shares(pool: torch.Tensor, vanishing: float, exploding: float) -> torch.Tens
     present = ~(pool < 0)  # MARK is negative; NaN compares false, so NaN gradients count as present
     n = present.sum(1).clamp(min=1)
     counts = torch.stack([(pool < vanishing) & present, pool > exploding, ~torch.isfinite(pool)]).sum(2)
-    return (counts / n).T
+    return (counts.double() / n).T
 
 
 def filled(row: torch.Tensor, numel: int, blocks: int, block: int) -> torch.Tensor:

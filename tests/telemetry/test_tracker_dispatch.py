@@ -9,7 +9,8 @@ positions), and no operator of the batch path waits for the device.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -30,14 +31,17 @@ def config(profile: str, depth: int, *extra: str):
     return load_config(profile, overrides=[*layers, *extra])
 
 
-def ops_per_batch(profile: str, depth: int, *extra: str, guard=None) -> list[int]:
-    """Operators dispatched by each `train_batch` call of a 20-batch step (after a warm-up step)."""
+def ops_per_batch(profile: str, depth: int, *extra: str, guard=None, device: str = "cpu",
+                  guard_from: int = 0) -> list[int]:
+    """Operators dispatched by each `train_batch` call of a 20-batch step (after a warm-up step);
+    `guard` wraps every call from step `guard_from` on."""
     torch.manual_seed(depth)
-    model = DeepMLP(depth)
+    model = DeepMLP(depth).to(device)
     tracker = DiagnosticTracker(model, config(profile, depth, *extra), num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(0)
-    data = [(torch.randn(16, 48, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(BATCHES)]
+    data = [(torch.randn(16, 48, generator=g).to(device), torch.randint(0, 10, (16,), generator=g).to(device))
+            for _ in range(BATCHES)]
     counts = []
     for step in range(2):
         for x, y in data:
@@ -46,7 +50,7 @@ def ops_per_batch(profile: str, depth: int, *extra: str, guard=None) -> list[int
             loss = F.cross_entropy(logits, y)
             loss.backward()
             monitor = OpMonitor()
-            with monitor, (guard() if guard else nullcontext()):
+            with monitor, (guard() if guard and step >= guard_from else nullcontext()):
                 tracker.train_batch(loss, logits, y)
             if step:
                 counts.append(monitor.count)
@@ -77,3 +81,21 @@ def test_the_exact_path_is_the_one_that_grows():
 @pytest.mark.parametrize("profile", ["standard", "diagnostic", "research"])
 def test_no_operator_of_the_batch_path_waits_for_the_device(profile):
     ops_per_batch(profile, 25, guard=forbid_host_sync)
+
+
+@contextmanager
+def cuda_sync_is_an_error() -> Iterator[None]:
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("profile", ["standard", "diagnostic", "research"])
+def test_cuda_tracked_batches_never_synchronise(profile):
+    """On the device itself: CUDA raises on any synchronising call inside a tracked batch. The first
+    step builds each gradient pattern's layout once (a host-to-device copy), so it runs unguarded."""
+    counts = ops_per_batch(profile, 25, device="cuda", guard=cuda_sync_is_an_error, guard_from=1)
+    assert max(counts) <= BUDGET[profile] + GROWTH
