@@ -12,6 +12,9 @@ bias and noise, an A/A comparison the profiles' ratios should be read against.
 Memory (benchmarks/memory.py), one extra epoch per variant, untimed: `peak_extra_mb` is the epoch's
 peak allocation above the untracked epoch's; `tracker_peak_mb` the largest transient of a single
 tracker call (on a GPU: torch.cuda.max_memory_allocated; on a CPU: the profiler's allocation events).
+The tracker's own time per training batch and per step (validation calls and end_step) is printed
+too: with few batches per epoch the per-step work (sharpness forwards) dominates the epoch ratio,
+while in a real epoch of hundreds of batches the per-batch cost does.
 
     python benchmarks/tracker_overhead.py                    # every host, prints tables
     python benchmarks/tracker_overhead.py --quick            # a few minutes on 2 CPU cores
@@ -52,6 +55,8 @@ class Variant:
         self.device = device
         self.model = host.build().to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.in_batches = 0.0  # seconds inside train_batch, and inside validation and end_step (CPU:
+        self.in_steps = 0.0  # the tracker's own time; on a GPU only the launch side)
         self.tracker = (DiagnosticTracker(self.model, load_config(profile, overrides=host.overrides.get(profile, [])),
                                           host.num_classes) if profile else None)
 
@@ -66,12 +71,15 @@ class Variant:
             loss = F.cross_entropy(logits, y)
             loss.backward()
             if tracker:
+                t0 = time.perf_counter()
                 with memory.tracker_call(reading, device):
                     tracker.train_batch(loss, logits, y)
+                self.in_batches += time.perf_counter() - t0
             opt.step()
         model.eval()
         with torch.no_grad():
             if tracker:
+                t0 = time.perf_counter()
                 with tracker.validating():
                     for x, y in val:
                         logits = model(x)
@@ -79,6 +87,7 @@ class Variant:
                             tracker.val_batch(logits, y, inputs=x)
                 with memory.tracker_call(reading, device):
                     tracker.end_step()
+                self.in_steps += time.perf_counter() - t0
             else:
                 for x, y in val:
                     F.cross_entropy(model(x), y)
@@ -99,6 +108,8 @@ def measure(host: Host, batches: int, val_batches: int, reps: int, device: torch
     for v in variants.values():  # warm-up: allocator, kernels, lazy state
         v.epoch(train[:2], val[:1])
     times: dict[str, list[float]] = {name: [] for name in names}
+    for v in variants.values():
+        v.in_batches = v.in_steps = 0.0
     for rep in range(reps):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
@@ -113,6 +124,10 @@ def measure(host: Host, batches: int, val_batches: int, reps: int, device: torch
         "epoch_s": {name: statistics.median(times[name]) for name in tracked},
         "peak_extra_mb": {name: (readings[name].epoch_peak - readings[UNTRACKED].epoch_peak) / mb for name in tracked},
         "tracker_peak_mb": {name: readings[name].tracker_peak / mb for name in profile_names()},
+        # the tracker's own time: per training batch, and per step (validation calls and end_step)
+        "tracker_ms_per_batch": {n: 1e3 * variants[n].in_batches / (reps * batches) for n in profile_names()},
+        "tracker_ms_per_step": {n: 1e3 * variants[n].in_steps / reps for n in profile_names()},
+        "untracked_ms_per_batch": 1e3 * statistics.median(base) / batches,
         "parameters": sum(p.numel() for p in variants[UNTRACKED].model.parameters()),
         "batch": host.batch[device.type], "batches": batches, "val_batches": val_batches, "reps": reps,
     }
@@ -150,11 +165,14 @@ def main() -> None:
     for name, res in result["hosts"].items():
         print(f"\n{name}: {res['parameters']:,} parameters; untracked epoch {res['untracked_epoch_s']:.3f} s "
               f"({res['batches']} train + {res['val_batches']} val batches of {res['batch']}; {res['reps']} reps)")
-        print(f"{'variant':<18} {'epoch s':>9} {'ratio':>7} {'extra MB':>9} {'call MB':>8}")
+        print(f"{'variant':<18} {'epoch s':>9} {'ratio':>7} {'extra MB':>9} {'call MB':>8} {'ms/batch':>9} "
+              f"{'ms/step':>8}")
         for variant in [CONTROL, *profile_names()]:
-            call = res["tracker_peak_mb"].get(variant)
+            tracked = variant in res["tracker_peak_mb"]
+            extra = (f" {res['tracker_peak_mb'][variant]:8.1f} {res['tracker_ms_per_batch'][variant]:9.2f} "
+                     f"{res['tracker_ms_per_step'][variant]:8.1f}") if tracked else ""
             print(f"{variant:<18} {res['epoch_s'][variant]:>9.3f} {res['ratios'][variant]:>7.3f} "
-                  f"{res['peak_extra_mb'][variant]:>9.1f} {'' if call is None else f'{call:8.1f}'}")
+                  f"{res['peak_extra_mb'][variant]:>9.1f}{extra}")
 
 
 if __name__ == "__main__":
