@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from telemetry.probes import gradient_histogram
 
 RESERVOIR_BATCHES = 16
 
@@ -75,32 +78,49 @@ def joined(pool: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     return torch.cat(pool, dim=1) if isinstance(pool, list) else pool
 
 
-def shares(pool: torch.Tensor, vanishing: float, exploding: float) -> torch.Tensor:
-    """[layers, 3]: shares of pooled |g| under `vanishing`, over `exploding`, and non-finite."""
-    present = ~(pool < 0)  # MARK is negative; NaN compares false, so NaN gradients count as present
-    n = present.sum(1).clamp(min=1)
-    counts = torch.stack([(pool < vanishing) & present, pool > exploding, ~torch.isfinite(pool)]).sum(2)
-    return (counts.double() / n).T
+@dataclass(frozen=True)
+class Filled:
+    """The pool positions the layers can fill, layer after layer: a layer no larger than a block fills
+    the first `numel` positions of each block (the rest stay marked), a larger one its whole row.
+    Reading only these (not rows of `sample_size` that are mostly marks) is what keeps the step's
+    end cheap for small layers."""
+
+    index: torch.Tensor  # [n] long: flat positions in the pool
+    layer: torch.Tensor  # [n] long: the layer of each position
+    bounds: tuple[int, ...]  # layer l's positions are index[bounds[l]:bounds[l + 1]]
 
 
-def filled(row: torch.Tensor, numel: int, blocks: int, block: int) -> torch.Tensor:
-    """The pool positions a layer can fill: a layer no larger than a block fills the first `numel`
-    positions of each block, the rest stay marked. Sorting only those (not a mostly empty row of
-    `sample_size`) is what makes percentiles of small layers cheap."""
-    if 0 < numel <= block:
-        return row.view(blocks, block)[:, :numel].reshape(-1)
-    return row
+def filled_positions(lengths: list[int], blocks: int, block: int, device: torch.device) -> Filled:
+    width = blocks * block
+    parts, layers, bounds = [], [], [0]
+    for row, numel in enumerate(lengths):
+        if 0 < numel <= block:
+            cols = (torch.arange(blocks)[:, None] * block + torch.arange(numel)[None, :]).reshape(-1)
+        else:
+            cols = torch.arange(width)
+        parts.append(row * width + cols)
+        layers.append(torch.full((cols.numel(),), row))
+        bounds.append(bounds[-1] + cols.numel())
+    return Filled(torch.cat(parts).to(device), torch.cat(layers).to(device), tuple(bounds))
 
 
-def percentiles(pool: torch.Tensor, lengths: list[int], blocks: int, block: int,
-                percentiles: list[int]) -> torch.Tensor:
-    """[layers, len(percentiles)] from the pooled sample (marked positions and NaN ignored)."""
-    q = torch.tensor(percentiles, dtype=torch.float32, device=pool.device) / 100
-    values = without_marks(pool)
-    rows = [filled(values[i], n, blocks, block) for i, n in enumerate(lengths)]
-    return torch.stack([torch.nanquantile(r, q) for r in rows])
-
-
-def without_marks(pool: torch.Tensor) -> torch.Tensor:
-    """The pool with marked positions as NaN, for statistics that skip NaN."""
-    return torch.where(pool < 0, torch.nan, pool)
+def step_statistics(pool: torch.Tensor, filled: Filled, vanishing: float, exploding: float,
+                    percentiles: list[int], histogram: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """([layers, 3] shares of pooled |g| under `vanishing`, over `exploding` and non-finite;
+    [layers, len(percentiles) + histogram bins]), marked positions ignored (NaN ignored by the
+    percentiles and histograms, counted by the shares)."""
+    values = pool.reshape(-1).index_select(0, filled.index)
+    n_layers = len(filled.bounds) - 1
+    present = ~(values < 0)  # MARK is negative; NaN compares false, so NaN gradients count as present
+    flags = torch.stack([(values < vanishing) & present, values > exploding, ~torch.isfinite(values), present], 1)
+    counts = values.new_zeros(n_layers, 4, dtype=torch.float64).index_add_(0, filled.layer, flags.double())
+    shares = counts[:, :3] / counts[:, 3:].clamp(min=1)
+    per_layer = [values.new_zeros(n_layers, 0)]
+    if percentiles:
+        q = torch.tensor(percentiles, dtype=torch.float32, device=pool.device) / 100
+        data = torch.where(present, values, torch.nan)
+        b = filled.bounds
+        per_layer.append(torch.stack([torch.nanquantile(data[b[i]:b[i + 1]], q) for i in range(n_layers)]))
+    if histogram:
+        per_layer.append(gradient_histogram.histogram(values, filled.layer, n_layers))
+    return shares, torch.cat(per_layer, dim=1)

@@ -60,6 +60,7 @@ class GradientProbe(Probe):
         self._layouts: dict[tuple, gradient_sample.Layout] = {}  # derived, not state
         self._constants: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._param_layers: dict[torch.device, torch.Tensor] = {}
+        self._filled: dict[tuple, gradient_reservoir.Filled] = {}
         n = len(self.keys)
         # per step, on the device: summed per-batch [norm, std, vanishing, exploding] per layer (the
         # sampled path sums norm and std only, its shares come from the pool), the largest norm,
@@ -244,9 +245,7 @@ class GradientProbe(Probe):
         n = len(self.keys)
         if not self.exact:
             self._fold()
-        pool = gradient_reservoir.joined(self.pool) if self.pool is not None else None
-        shares = (gradient_reservoir.shares(pool, self.cfg.vanishing_threshold, self.cfg.exploding_threshold)
-                  if pool is not None and not self.exact else None)
+        shares, sampled = self._pool_statistics()
         if self.exact:
             fractions, nonfinite = self.sums[:, 2:], self.nonfinite
         elif shares is None:
@@ -257,20 +256,22 @@ class GradientProbe(Probe):
             fractions = shares[:, :2]
             nonfinite = torch.where(self.nonfinite > 0, estimate.clamp(min=1), estimate)
         self._count_losses()
-        sampled = (self._sample_stats(pool) if pool is not None
-                   else torch.full((n * self._sample_width,), math.nan))
         return [self.sums[:, :2].flatten(), self.max_norm, fractions.flatten(), nonfinite.reshape(1),
-                self.loss_nonfinite.reshape(1), sampled]
+                self.loss_nonfinite.reshape(1), sampled.flatten()]
 
-    def _sample_stats(self, pool: torch.Tensor) -> torch.Tensor:
+    def _pool_statistics(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The pool's shares ([layers, 3]) and percentiles and histograms ([layers, width]), or
+        (None, NaN) when nothing was sampled this step."""
+        if self.pool is None:
+            return None, torch.full((len(self.keys), self._sample_width), math.nan)
+        pool = gradient_reservoir.joined(self.pool)
         blocks = min(self.sampled, gradient_reservoir.RESERVOIR_BATCHES)
-        per_layer = [torch.zeros(len(self.keys), 0, device=pool.device)]
-        if self.cfg.percentiles:
-            per_layer.append(gradient_reservoir.percentiles(pool, self.lengths, blocks, self.block,
-                                                            self.cfg.percentiles))
-        if self.cfg.full_histogram:
-            per_layer.append(gradient_histogram.histogram(gradient_reservoir.without_marks(pool)))
-        return torch.cat(per_layer, dim=1).flatten()
+        key = (tuple(self.lengths), blocks, pool.device)
+        if key not in self._filled:
+            self._filled[key] = gradient_reservoir.filled_positions(self.lengths, blocks, self.block, pool.device)
+        return gradient_reservoir.step_statistics(pool, self._filled[key], self.cfg.vanishing_threshold,
+                                                  self.cfg.exploding_threshold, self.cfg.percentiles,
+                                                  self.cfg.full_histogram)
 
     def finish(self, host: np.ndarray, info: StepInfo) -> dict[str, Value]:
         n_layers, cfg = len(self.keys), self.cfg
