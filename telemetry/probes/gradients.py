@@ -184,10 +184,15 @@ class GradientProbe(Probe):
                 self._fold()
         self.sampled += 1
         self.lengths = list(layout.numel)
-        self.pool = gradient_reservoir.add(
-            self.pool, self.sampled, gradient_reservoir.marked(sample, layout.pad, layout.mark), layout.exact, self.rng,
-            self.gen, lambda: gradient_reservoir.marked(gradient_sample.draw(grads, layout, self.gen, pad),
-                                                        layout.pad, layout.mark))
+
+        def block(drawn: torch.Tensor) -> torch.Tensor:
+            return gradient_reservoir.marked(drawn, layout.pad, layout.mark)
+
+        def fresh() -> torch.Tensor:  # more draws, when a late batch replaces more positions than it drew
+            return block(gradient_sample.draw(grads, layout, self.gen, pad))
+
+        self.pool = gradient_reservoir.add(self.pool, self.sampled, block(sample), layout.exact, self.rng, self.gen,
+                                           fresh)
 
     def _layout(self, present: tuple[bool, ...], first: torch.Tensor) -> gradient_sample.Layout:
         """Where the sample reads, per pattern of present gradients, cached (building it would sync)."""
