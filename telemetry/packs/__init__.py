@@ -7,10 +7,13 @@ The public surface of the pack store. Everything else in this package is interna
   pack's manifest);
 - commit.py: the whole commit protocol (publish, prune, migrate, recover an interrupted create),
   with the crash-test hooks of faults.py; lock.py: one writer per pack;
-- manifest.py: the commit record; tables.py: the Arrow schemas of the two tables; quick_stats.py
-  and splits.py: what the manifest keeps about the rows;
-- reader.py: `open_pack` and `Pack` (Arrow, polars, DuckDB, torch); validate.py: `validate_pack`;
-- cli.py: `esper inspect | query | validate`.
+- manifest.py: the commit record; tables.py: the Arrow schemas of the two tables; columns.py: what
+  every column means (recorded in the manifest); quick_stats.py and splits.py: what the manifest
+  keeps about the rows; card.py: the dataset card (PACK/README.md) and the whole-pack glob guard;
+- reader.py: `open_pack` and `Pack` (Arrow, polars, DuckDB, torch; matrix.py fills the tensors);
+  validate.py: `validate_pack`; repair.py: copies that lost or followed the links;
+- report.py (figures in report_figures.py) and explain.py: a pack and an episode for people;
+- cli.py: `esper inspect | query | validate | repair | report | explain`.
 
 Names resolve lazily, so `from telemetry.packs import open_pack` does not import torch.
 """
@@ -45,6 +48,11 @@ _EXPORTS = {
     "DEFAULT_SPLITS": "telemetry.packs.splits",
     "split_of": "telemetry.packs.splits",
     "query_library": "telemetry.packs.cli",
+    "render_card": "telemetry.packs.card",
+    "described_columns": "telemetry.packs.columns",
+    "repair_pack": "telemetry.packs.repair",
+    "render_report": "telemetry.packs.report",
+    "episode_brief": "telemetry.packs.explain",
 }
 
 __all__ = [
@@ -61,6 +69,8 @@ __all__ = [
     "ROW_GROUP_ROWS",
     "SPLIT_COLUMN",
     "TABLES",
+    "described_columns",
+    "episode_brief",
     "episodes_schema",
     "file_sha256",
     "leftovers",
@@ -69,18 +79,26 @@ __all__ = [
     "query_library",
     "read_manifest",
     "recover_interrupted_create",
+    "render_card",
+    "render_report",
+    "repair_pack",
     "split_of",
     "steps_schema",
     "validate_pack",
 ]
 
 if TYPE_CHECKING:
+    from telemetry.packs.card import render_card
     from telemetry.packs.cli import query_library
+    from telemetry.packs.columns import described_columns
     from telemetry.packs.commit import recover_interrupted_create
+    from telemetry.packs.explain import episode_brief
     from telemetry.packs.manifest import MANIFEST_NAME, TABLES, FileEntry, Manifest, file_sha256, read_manifest
     from telemetry.packs.parquet import ROW_GROUP_ROWS, parquet_options
     from telemetry.packs.quick_stats import QuickStats
     from telemetry.packs.reader import NO_ACTION, Pack, PackTensors, open_pack
+    from telemetry.packs.repair import repair_pack
+    from telemetry.packs.report import render_report
     from telemetry.packs.splits import DEFAULT_SPLITS, split_of
     from telemetry.packs.tables import DEFAULT_ACTIONS, SPLIT_COLUMN, episodes_schema, steps_schema
     from telemetry.packs.validate import leftovers, validate_pack

@@ -43,6 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     validate.add_argument("pack", metavar="PACK")
     validate.set_defaults(func=cmd_validate)
 
+    from telemetry.packs import explain, report
+    from telemetry.packs.repair import cmd_repair
+
+    repair = sub.add_parser("repair", help="restore the links of a copy that lost or followed them "
+                                           "(rsync -r, cp -rL, zip) and add a missing dataset card")
+    repair.add_argument("pack", metavar="PACK")
+    repair.set_defaults(func=cmd_repair)
+    report.register(sub)
+    explain.register(sub)
+
 
 # ---- inspect -------------------------------------------------------------------------------------
 
@@ -265,7 +275,7 @@ def _table(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from telemetry.packs.manifest import read_manifest
-    from telemetry.packs.validate import leftovers, validate_pack
+    from telemetry.packs.validate import leftovers, notes, validate_pack
 
     problems = validate_pack(args.pack)
     for problem in problems:
@@ -279,4 +289,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if unused:
         print(f"note: left by an interrupted write, read by nothing, deleted by the next writer: "
               f"{', '.join(str(p) for p in unused)}")
+    for note in notes(args.pack):
+        print(f"note: {note}")
     return 0

@@ -1,12 +1,22 @@
 """A pack's folders: every commit is a version folder, and renaming one link publishes it.
 
     PACK/manifest.json -> current/manifest.json
+    PACK/README.md     -> current/README.md       the dataset card (card.py), rendered from the manifest
     PACK/steps         -> current/steps           what plain tools glob: PACK/steps/**/*.parquet
     PACK/episodes      -> current/episodes
     PACK/current       -> .versions/000042        the last commit
-    PACK/.versions/000042/manifest.json, steps/split=*/part-*.parquet, episodes/split=*/part-*.parquet
+    PACK/.versions/000042/manifest.json, README.md, steps/split=*/part-*.parquet, episodes/split=*/...
     PACK/.versions/000041/...                     the commit before (kept for readers racing a commit)
     PACK/_staging/                                files being written, part of no commit
+    PACK/NOT-A-TABLE--....parquet, and one in each version folder: the glob guard (below)
+
+Whole-pack globs. A recursive glob over the pack reaches the data more than once (through
+`current`, the table links and `.versions`, as each tool follows links and hidden folders its own
+way) and mixes two tables of different schemas, so no answer it gives is right. Such globs are
+refused instead of misread: a guard file named `*.parquet` that is not Parquet sits at the top of
+the pack and in every version folder, where every recursive glob of the whole pack finds it (tools
+that skip hidden folders through `current`, tools that do not follow links in `.versions`), and no
+glob of one table does. The tool fails naming the file, whose name says what to read instead.
 
 A commit builds the next version folder where nothing reads it: hard links to the files it keeps
 (no data is copied), its new files renamed in, its manifest, everything fsynced. Then a new link to
@@ -37,6 +47,7 @@ from pathlib import Path
 
 from telemetry.errors import PackError
 from telemetry.packs import faults
+from telemetry.packs.card import CARD_NAME, GUARD_NAME, GUARD_TEXT, render_card
 from telemetry.packs.lock import LOCK_NAME, WriterLock
 from telemetry.packs.manifest import (
     MANIFEST_NAME,
@@ -52,7 +63,7 @@ VERSIONS = ".versions"
 CURRENT = "current"
 TMP = ".tmp-"  # prefix of the pack folder's temporary names (links being swapped in, folders swapped out)
 EARLIER_TMP = f".{MANIFEST_NAME}.tmp"  # the earlier layout's manifest being written
-LINKED = (MANIFEST_NAME, *TABLES)  # the names that lead through `current`
+LINKED = (MANIFEST_NAME, CARD_NAME, *TABLES)  # the names that lead through `current`
 
 Checkpoint = Callable[[str], None]
 _no_checkpoint = faults.no_checkpoint
@@ -93,7 +104,8 @@ def inside(root: Path, path: Path) -> bool:
 # ---- creating and committing ---------------------------------------------------------------------
 
 def create_links(root: Path) -> None:
-    """A new pack's top-level names, leading through `current` (which the first `publish` creates)."""
+    """A new pack's top-level names, leading through `current` (which the first `publish` creates),
+    and the glob guard."""
     for name in LINKED:
         try:
             os.symlink(f"{CURRENT}/{name}", root / name)
@@ -102,6 +114,7 @@ def create_links(root: Path) -> None:
                 raise PackError(f"{root}: the filesystem does not support symbolic links, which a pack "
                                 f"needs ({exc.strerror}); write the pack elsewhere") from None
             raise
+    write_guard(root)
 
 
 def publish(root: Path, manifest: Manifest, checkpoint: Checkpoint = _no_checkpoint) -> None:
@@ -110,7 +123,7 @@ def publish(root: Path, manifest: Manifest, checkpoint: Checkpoint = _no_checkpo
     Writes and fsyncs manifest.json in the version folder, fsyncs the folders, then renames a new
     link to the folder over `current` and fsyncs the pack folder.
     """
-    _publish_text(root, manifest.commit, manifest.to_json(), checkpoint)
+    _publish_text(root, manifest, manifest.to_json(), checkpoint)
 
 
 def commit_version(root: Path, previous: Manifest, manifest: Manifest,
@@ -153,10 +166,11 @@ def _link_kept(root: Path, path: str, source: Path, version: Path) -> Path:
     return target.parent
 
 
-def _publish_text(root: Path, commit: int, text: str, checkpoint: Checkpoint) -> None:
-    version = version_dir(root, commit)
+def _publish_text(root: Path, manifest: Manifest, text: str, checkpoint: Checkpoint) -> None:
+    version = version_dir(root, manifest.commit)
     for table in TABLES:
         (version / table).mkdir(parents=True, exist_ok=True)
+    write_extras(version, manifest)
     write_manifest_file(version / MANIFEST_NAME, text)
     for folder in (*(version / t for t in TABLES), version, root / VERSIONS):
         fsync_dir(folder)
@@ -164,6 +178,26 @@ def _publish_text(root: Path, commit: int, text: str, checkpoint: Checkpoint) ->
     _replace_with_link(root / CURRENT, f"{VERSIONS}/{version.name}")
     fsync_dir(root)
     checkpoint("manifest_replaced")
+
+
+def write_extras(version: Path, manifest: Manifest) -> None:
+    """What a version folder holds besides the manifest and the tables: the card and the glob guard.
+
+    Written under a temporary name and renamed, so that a folder readers already see (a pack written
+    before cards, converted by `migrate`) never shows a half-written card."""
+    _write_renamed(version / CARD_NAME, render_card(manifest))
+    write_guard(version)
+
+
+def write_guard(folder: Path) -> None:
+    if not (folder / GUARD_NAME).is_file():
+        _write_renamed(folder / GUARD_NAME, GUARD_TEXT)
+
+
+def _write_renamed(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP}{path.name}")
+    write_manifest_file(tmp, text)
+    os.replace(tmp, path)
 
 
 def _replace_with_link(path: Path, target: str) -> None:
@@ -243,7 +277,7 @@ def interrupted_create(root: Path) -> list[Path] | None:
     for path in root.iterdir():
         if path.name == LOCK_NAME:
             continue
-        if (path.name in LINKED and path.is_symlink()) or path.name in (VERSIONS, EARLIER_TMP) \
+        if (path.name in LINKED and path.is_symlink()) or path.name in (VERSIONS, EARLIER_TMP, GUARD_NAME) \
                 or path.name.startswith(TMP):
             found.append(path)
         else:
@@ -300,6 +334,8 @@ def migrate(root: Path, manifest: Manifest, checkpoint: Checkpoint = _no_checkpo
         if not same:
             raise PackError(f"{root}: {MANIFEST_NAME} differs from {version / MANIFEST_NAME}, which "
                             f"`current` leads to; run `esper validate {root}`")
+        if not (version / CARD_NAME).is_file():  # a pack written before cards: add it where links lead
+            write_extras(version, manifest)
     else:  # nothing leads into the folder: (re)build it
         if version.exists() or version.is_symlink():
             _remove(version)
@@ -320,8 +356,9 @@ def migrate(root: Path, manifest: Manifest, checkpoint: Checkpoint = _no_checkpo
             old = root / f"{TMP}old-{CURRENT}"
             os.rename(root / CURRENT, old)
             shutil.rmtree(old)
-        _publish_text(root, manifest.commit, text, checkpoint=_no_checkpoint)
+        _publish_text(root, manifest, text, checkpoint=_no_checkpoint)
     checkpoint("migrate_published")
+    write_guard(root)
     for name in LINKED:
         if _link_target(root / name) != f"{CURRENT}/{name}":
             _swap_in_link(root / name, f"{CURRENT}/{name}", checkpoint)
@@ -384,6 +421,8 @@ def layout_problems(root: Path, manifest: Manifest) -> list[str]:
                         f"(the version folder of commit {manifest.commit})")
     for name in LINKED:
         found = _link_target(root / name)
+        if name == CARD_NAME and found is None and not (root / name).exists():
+            continue  # a pack written before dataset cards: validate notes it, the next writer adds it
         if found != f"{CURRENT}/{name}":
             what = "not a link" if found is None else f"a link to {found!r}"
             problems.append(f"{root / name}: {what}, expected a link to '{CURRENT}/{name}' "

@@ -26,6 +26,7 @@ from pydantic_core import PydanticSerializationError
 from telemetry.config import TelemetryConfig, load_config
 from telemetry.errors import ConfigError, PackError
 from telemetry.feature_schema import FeatureSchema
+from telemetry.packs.columns import column_entries
 from telemetry.packs.manifest import FeatureSchemaEntry, Manifest, Provenance, encode_schema
 from telemetry.packs.quick_stats import QuickStats
 from telemetry.packs.splits import DEFAULT_SPLITS, check_splits
@@ -61,6 +62,8 @@ def new_manifest(root: Path, config: TelemetryConfig, feature_schema: FeatureSch
             split_stats={s: QuickStats() for s in fractions},
             files=[],
             provenance=_provenance(provenance),
+            columns=column_entries({"steps": steps_schema(feature_schema), "episodes": episodes_schema()},
+                                   feature_schema.specs, names, fractions),
         )
     except ValidationError as exc:
         err = exc.errors()[0]

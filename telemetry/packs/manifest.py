@@ -30,11 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from telemetry.config import TelemetryConfig
 from telemetry.errors import PackError
 from telemetry.packs.quick_stats import QuickStats, merge_all
+from telemetry.packs.tables import SPLIT_COLUMN
 
 if TYPE_CHECKING:  # the feature schema module imports torch; reading a manifest should not need it
     from telemetry.feature_schema import FeatureSchema
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: `columns`, and a dataset card (README.md) beside the manifest
 MANIFEST_NAME = "manifest.json"
 SCHEMA_FILE = "manifest.schema.json"
 TABLES = ("steps", "episodes")
@@ -110,6 +111,21 @@ class FeatureSchemaEntry(BaseModel):
                                    for f in self.features))
 
 
+class ColumnEntry(BaseModel):
+    """One column of a table described for readers without this project's source (see columns.py)."""
+
+    model_config = _OPEN
+
+    name: str
+    table: Table
+    dtype: str = Field(description="Arrow type, e.g. float32, string, list<bool>, list<struct<action: string, ...>>")
+    unit: str = Field(description="unit of the values; '-' for names, text and identifiers")
+    description: str
+    group: str | None = Field(default=None, description="the feature group, for feature columns")
+    codes: dict[str, str] | None = Field(
+        default=None, description="for coded columns: stored value (or list position) -> meaning")
+
+
 class Provenance(BaseModel):
     """Where the data came from; callers add their own keys (dataset, seeds, host model, ...)."""
 
@@ -148,6 +164,8 @@ class Manifest(BaseModel):
     split_stats: dict[str, QuickStats]
     files: list[FileEntry]
     provenance: Provenance
+    columns: list[ColumnEntry] = Field(
+        default_factory=list, description="every column of both tables described (empty in packs before 1.1)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -160,12 +178,17 @@ class Manifest(BaseModel):
         missing = [t for t in TABLES if t not in self.arrow_schemas]
         if missing:
             raise ValueError(f"arrow_schemas lacks table {missing[0]!r}")
+        decoded = {}
         for table, text in self.arrow_schemas.items():
             try:
-                decode_schema(text)
+                decoded[table] = decode_schema(text)
             except (ValueError, pa.ArrowException) as exc:  # binascii.Error is a ValueError
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ValueError(f"arrow_schemas.{table} is not a base64 Arrow IPC schema ({reason})") from None
+        for table in TABLES if self.columns else ():
+            described = [c.name for c in self.columns if c.table == table]
+            if described != [*decoded[table].names, SPLIT_COLUMN]:
+                raise ValueError(f"columns do not describe the {table} table's columns in order")
         return self
 
     def arrow_schema(self, table: Table) -> pa.Schema:
@@ -180,8 +203,15 @@ class Manifest(BaseModel):
 
     def with_commit(self, files: list[FileEntry], split_stats: dict[str, QuickStats],
                     when: datetime) -> Manifest:
-        """The next commit's manifest: same identity and schema, new files and stats."""
+        """The next commit's manifest: same identity and schema, new files and stats.
+
+        A pack written before format 1.1 gains its column descriptions here, with its next commit."""
+        from telemetry.packs.columns import described_columns
+
+        newer = max(self.format_version, FORMAT_VERSION, key=lambda v: tuple(int(p) for p in v.split(".")))
         return self.model_copy(update={
+            "format_version": newer,
+            "columns": described_columns(self),
             "commit": self.commit + 1,
             "committed_at": when,
             "files": files,

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
     import torch
 
 NO_ACTION = -100  # torch's default ignore_index: unlabelled steps drop out of cross_entropy
-_BLOCK_ROWS = 4096  # rows transposed at a time: source and destination stay in cache
 
 
 class PackTensors(NamedTuple):
@@ -330,29 +328,34 @@ class Pack:
         split's, "all" the whole pack's. NaN and Inf values pass through unchanged. Integer
         features become float32 (exact up to 2**24, which covers epochs, stages and slot counts).
         """
-        import torch
-
         names = self.feature_names(features)
         centre, scale = self.normalization(names, normalize)
         if labels not in ("action", "best_action"):
             raise PackError(f"labels: {labels!r}; expected 'action' or 'best_action'")
-        columns = [*names, labels, "action_mask"]
-        blocks = (self._batch_arrays(batch, names, centre, scale, labels)
-                  for name in self._splits(split)
-                  for batch in self._scan("steps", name, columns, episodes, as_table=False) if batch.num_rows)
-        if episodes is None:  # the row count is known: fill one matrix while batches stream by
-            rows = sum(e.rows for e in self.manifest.files_of("steps", self._splits(split)))
-            matrix = torch.empty((rows, len(names)), dtype=torch.float32)
-            targets, masks = _fill(matrix.numpy(), blocks)
-        else:
-            parts = list(blocks)
-            matrix = torch.empty((sum(p[0].shape[1] for p in parts), len(names)), dtype=torch.float32)
-            targets, masks = _fill(matrix.numpy(), iter(parts))
-        if len(targets) != matrix.shape[0]:
-            raise PackError(f"{self.path}: steps files hold {len(targets)} rows but manifest.json lists "
-                            f"{matrix.shape[0]}; run `esper validate {self.path}`")
-        masks = masks if len(masks) else np.zeros((0, len(self.manifest.actions)), dtype=bool)
-        return PackTensors(matrix, torch.from_numpy(targets), torch.from_numpy(masks), names)
+        return self._matrix(names, split, episodes, centre, scale, labels)
+
+    def _matrix(self, names: list[str], split: str | Sequence[str] | None, episodes: str | Iterable[str] | None,
+                centre: np.ndarray | None, scale: np.ndarray | None, labels: str) -> PackTensors:
+        """Row groups read in parallel straight into the matrix, each into its own rows (matrix.py)."""
+        import torch
+
+        from telemetry.packs.matrix import read_matrix
+
+        splits = self._splits(split)
+        paths = [p for name in splits for p in self.files("steps", name)]
+        rows = sum(e.rows for e in self.manifest.files_of("steps", splits))
+        wanted = None if episodes is None else [episodes] if isinstance(episodes, str) else list(episodes)
+        try:  # a file can vanish between the checks and the reads (a writer compacting meanwhile)
+            out = read_matrix(paths, rows, names, labels, self.manifest.actions, centre, scale, NO_ACTION, wanted)
+        except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
+            text = " ".join(str(exc).split())
+            if isinstance(exc, FileNotFoundError) or "No such file" in text:
+                raise PackError(f"{self.path}: a steps file is missing ({text}); a writer compacted the pack "
+                                "after it was opened: open it again") from None
+            raise PackError(f"{self.path}: cannot read the steps files: {text}; "
+                            f"run `esper validate {self.path}`") from None
+        return PackTensors(torch.from_numpy(out.features), torch.from_numpy(out.labels),
+                           torch.from_numpy(out.masks), names)
 
     def normalization(self, names: list[str],
                       normalize: bool | str = True) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -378,62 +381,6 @@ class Pack:
         centre = np.array([m if m is not None else 0.0 for m in means], dtype=np.float32)
         scale = np.array([s if s else 1.0 for s in stds], dtype=np.float32)
         return centre, scale
-
-    def _batch_arrays(self, batch: pa.RecordBatch, names: list[str], centre: np.ndarray | None,
-                      scale: np.ndarray | None, labels: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One batch as a feature-major block [features, rows], labels and masks."""
-        block = np.empty((len(names), batch.num_rows), dtype=np.float32)
-        for j, name in enumerate(names):
-            column = batch.column(name)
-            values = column.to_numpy(zero_copy_only=False)
-            out = block[j]
-            out[:] = values
-            if centre is not None:
-                out -= centre[j]
-                out /= scale[j]
-            if column.null_count:
-                out[column.is_null().to_numpy(zero_copy_only=False)] = 0.0
-        return block, _labels(batch.column(labels), self.manifest.actions), \
-            _masks(batch.column("action_mask"), len(self.manifest.actions))
-
-
-def _fill(matrix: np.ndarray, blocks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """Copy feature-major blocks into the row-major matrix; returns the concatenated labels and masks."""
-    row = 0
-    labels, masks = [], []
-    for block, label, mask in blocks:
-        n = block.shape[1]
-        if row + n > matrix.shape[0]:
-            raise PackError("steps files hold more rows than manifest.json lists; run `esper validate`")
-        _transpose_into(matrix[row:row + n], block)
-        labels.append(label)
-        masks.append(mask)
-        row += n
-    if not labels:
-        return np.zeros(row, dtype=np.int64), np.zeros((0, 0), dtype=bool)
-    return np.concatenate(labels), np.concatenate(masks)
-
-
-def _transpose_into(dest: np.ndarray, block: np.ndarray) -> None:
-    """dest[rows, k] = block[k, rows].T, a few thousand rows at a time so both stay in cache."""
-    for start in range(0, block.shape[1], _BLOCK_ROWS):
-        stop = start + _BLOCK_ROWS
-        dest[start:stop] = block[:, start:stop].T
-
-
-def _labels(action: pa.Array, actions: list[str]) -> np.ndarray:
-    index = pc.index_in(action, value_set=pa.array(actions, pa.string()))
-    return pc.fill_null(index, NO_ACTION).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _masks(mask: pa.Array, width: int) -> np.ndarray:
-    out = np.ones((len(mask), width), dtype=bool)
-    if mask.null_count < len(mask):
-        valid = mask.is_valid().to_numpy(zero_copy_only=False)
-        flat = pc.list_flatten(mask).to_numpy(zero_copy_only=False)
-        out[valid] = flat.reshape(-1, width)
-    return out
 
 
 def _sha256_of(path: Path, named: Path) -> str:

@@ -105,13 +105,16 @@ class FileSink:
 class TableStream:
     """Rows of one (table, split) on their way into staged files, written in full row groups.
 
-    Row groups are encoded on the writer's worker threads (pyarrow releases the GIL), in order,
-    one at a time per stream, so the caller keeps producing rows while earlier rows compress and
-    the splits' files are written in parallel. At most _IN_FLIGHT row groups wait per stream.
+    Row groups are encoded on the writer's worker threads (pyarrow releases the GIL), so the caller
+    keeps producing rows while earlier rows compress and the splits' files are written in parallel.
+    A stream has `lanes` staged files open at once and sends its row groups to them in turn: one
+    Parquet file encodes one row group at a time, so a split that holds most of the rows would
+    otherwise keep one core busy and the others idle. Row group i goes to lane i % lanes, so what
+    lands in which file does not depend on timing. At most _IN_FLIGHT row groups per lane wait.
     """
 
     def __init__(self, pool: ThreadPoolExecutor, open_sink: Callable[[], FileSink], table: Table, split: str,
-                 stats: Callable[[pa.Table], QuickStats] | None) -> None:
+                 stats: Callable[[pa.Table], QuickStats] | None, lanes: int = 1) -> None:
         self._pool = pool
         self._open_sink = open_sink
         self.table = table
@@ -120,10 +123,13 @@ class TableStream:
         self._pending: list[pa.Table] = []
         self.pending_rows = 0
         self.uncommitted_rows = 0
-        self._sink: FileSink | None = None
-        self._done: list[StagedFile] = []
+        self._sinks: list[FileSink | None] = [None] * max(1, lanes)
+        self._first: list[int] = [0] * len(self._sinks)  # the first row group of each lane's open file
+        self._groups = 0  # row groups sent so far: the next goes to lane _groups % lanes
+        self._done: list[tuple[int, StagedFile]] = []  # (first row group, file): files listed in row order
         self._stats_futures: list[Future[QuickStats]] = []
         self._writes: list[Future[None]] = []
+        self._last: list[Future[None] | None] = [None] * len(self._sinks)
 
     def append(self, rows: pa.Table) -> None:
         if rows.num_rows == 0:
@@ -149,35 +155,46 @@ class TableStream:
         pool = self._pool
         if self._stats is not None:
             self._stats_futures.append(pool.submit(self._stats, head))
-        previous = self._writes[-1] if self._writes else None
-        self._writes.append(pool.submit(self._write_after, previous, head))
-        while sum(not f.done() for f in self._writes) > _IN_FLIGHT:
-            self._writes[-_IN_FLIGHT - 1].result()
+        for start in range(0, head.num_rows, ROW_GROUP_ROWS):
+            lane = self._groups % len(self._sinks)
+            self._groups += 1
+            write = pool.submit(self._write_after, self._last[lane], head.slice(start, ROW_GROUP_ROWS), lane,
+                                self._groups - 1)
+            self._last[lane] = write
+            self._writes.append(write)
+        while sum(not f.done() for f in self._writes) > _IN_FLIGHT * len(self._sinks):
+            next(f for f in self._writes if not f.done()).result()
 
-    def _write_after(self, previous: Future[None] | None, table: pa.Table) -> None:
+    def _write_after(self, previous: Future[None] | None, table: pa.Table, lane: int, group: int) -> None:
+        """Write `table` to the lane's file after the lane's previous row group (files roll over)."""
         if previous is not None:
             previous.result()
         offset = 0
         while offset < table.num_rows:
-            if self._sink is None:
-                self._sink = self._open_sink()
-            part = table.slice(offset, MAX_FILE_ROWS - self._sink.rows)
-            self._sink.write(part)
+            sink = self._sinks[lane]
+            if sink is None:
+                sink = self._sinks[lane] = self._open_sink()
+                self._first[lane] = group
+            part = table.slice(offset, MAX_FILE_ROWS - sink.rows)
+            sink.write(part)
             offset += part.num_rows
-            if self._sink.rows >= MAX_FILE_ROWS:
-                self._done.append(self._sink.close(self.table, self.split))
-                self._sink = None
+            if sink.rows >= MAX_FILE_ROWS:
+                self._done.append((self._first[lane], sink.close(self.table, self.split)))
+                self._sinks[lane] = None
 
     def finish(self) -> tuple[list[StagedFile], QuickStats]:
         """Close every staged file of this stream and return them with the stats of their rows."""
         self._flush(full_groups_only=False)
         for write in self._writes:
             write.result()
-        if self._sink is not None:
-            self._done.append(self._sink.close(self.table, self.split))
-            self._sink = None
+        for lane, sink in enumerate(self._sinks):
+            if sink is not None:
+                self._done.append((self._first[lane], sink.close(self.table, self.split)))
+                self._sinks[lane] = None
         stats = merge_all(f.result() for f in self._stats_futures)
-        done, self._done, self._stats_futures, self._writes = self._done, [], [], []
+        done = [f for _, f in sorted(self._done, key=lambda item: item[0])]
+        self._done, self._stats_futures, self._writes = [], [], []
+        self._last, self._groups = [None] * len(self._sinks), 0
         self.uncommitted_rows = 0
         return done, stats
 
@@ -190,9 +207,11 @@ class TableStream:
                     future.result()
                 except Exception:  # noqa: BLE001 - the rows are being thrown away
                     pass
-        if self._sink is not None:
-            self._sink.discard()
-        for staged in self._done:
+        for lane, sink in enumerate(self._sinks):
+            if sink is not None:
+                sink.discard()
+                self._sinks[lane] = None
+        for _, staged in self._done:
             staged.staged.unlink(missing_ok=True)
-        self._pending, self.pending_rows, self.uncommitted_rows, self._sink, self._done = [], 0, 0, None, []
-        self._stats_futures, self._writes = [], []
+        self._pending, self.pending_rows, self.uncommitted_rows, self._done = [], 0, 0, []
+        self._stats_futures, self._writes, self._last, self._groups = [], [], [None] * len(self._sinks), 0

@@ -7,7 +7,8 @@ would read it (the table folders, which lead to the current version folder); the
 layout lead to the current commit; row counts add up to the quick stats; and splits are by episode
 (each episode in the split its id hashes to, its steps beside it). Each problem is one line naming
 the file or value at fault. Version folders an interrupted write left are no problem (no reader
-sees them; the next writer deletes them): `leftovers` lists them for the CLI's summary.
+sees them; the next writer deletes them): `leftovers` lists them for the CLI's summary. A copy
+that lost the pack's links or followed them (repair.py) is named with its fix, `esper repair`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from telemetry.packs.commit import inside, layout_problems
+from telemetry.packs.card import CARD_NAME, GUARD_NAME
+from telemetry.packs.commit import inside, is_versioned, layout_problems
 from telemetry.packs.commit import leftovers as leftovers
 from telemetry.packs.manifest import TABLES, FileEntry, Manifest, file_sha256, read_manifest
+from telemetry.packs.repair import copy_problems, lost_links
 from telemetry.packs.splits import split_of
 from telemetry.packs.tables import STEP_IDENTITY
 
@@ -32,8 +35,11 @@ def validate_pack(path: str | os.PathLike[str]) -> list[str]:
     A path that is not a readable pack raises PackError instead (that is bad input, not damage).
     """
     root = Path(path)
+    problems = copy_problems(root)
+    if lost_links(root) is not None:
+        return problems  # nothing leads to a manifest: the rest cannot be checked until repaired
     manifest = read_manifest(root)
-    problems = layout_problems(root, manifest) + _schema_problems(manifest)
+    problems += layout_problems(root, manifest) + _schema_problems(manifest)
     good: list[FileEntry] = []
     for entry in manifest.files:
         found = _file_problems(root, manifest, entry)
@@ -45,6 +51,18 @@ def validate_pack(path: str | os.PathLike[str]) -> list[str]:
     if len(good) == len(manifest.files):
         problems += _split_problems(root, manifest)
     return problems
+
+
+def notes(path: str | os.PathLike[str]) -> list[str]:
+    """What a sound pack lacks that newer writers add (no reader needs it), one line each."""
+    root = Path(path)
+    if not is_versioned(root):
+        return []
+    missing = [name for name in (CARD_NAME, GUARD_NAME) if not (root / name).exists()]
+    if not missing:
+        return []
+    return [f"{root}: no {' or '.join(missing)} (written before packs had a dataset card and a glob guard); "
+            f"`esper repair {root}` or the next writer adds them"]
 
 
 def _schema_problems(manifest: Manifest) -> list[str]:

@@ -70,6 +70,8 @@ from telemetry.packs.staging import STAGING, FileSink, StagedFile, TableStream
 MAX_SMALL_FILES = 32  # a commit leaving more small files than this compacts them
 PART_PREFIX = "part-"
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
+LANES = _WORKERS  # staged files a steps stream encodes into at once (staging.TableStream)
+ROUTING_POOL = pa.system_memory_pool()
 
 
 class PackWriter:
@@ -269,7 +271,8 @@ class PackWriter:
         key = (table, split)
         if key not in self._streams:
             stats = self._steps_stats if table == "steps" else QuickStats.of_episodes
-            self._streams[key] = TableStream(self._pool, partial(self._new_sink, table), table, split, stats)
+            self._streams[key] = TableStream(self._pool, partial(self._new_sink, table), table, split, stats,
+                                             lanes=LANES if table == "steps" else 1)
         return self._streams[key]
 
     def _steps_stats(self, table: pa.Table) -> QuickStats:
@@ -413,7 +416,7 @@ class PackWriter:
 
 def _rows_where(table: pa.Table, codes: np.ndarray, code: int) -> pa.Table:
     selected = codes == code
-    return table if selected.all() else table.filter(pa.array(selected))
+    return table if selected.all() else pc.filter(table, pa.array(selected), memory_pool=ROUTING_POOL)
 
 
 def _committed_episode_ids(root: Path, manifest: Manifest) -> set[str]:

@@ -181,3 +181,27 @@ def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# ---- a pack shaped like a generated one, for what reads a pack as a whole (card, report, explain) ---
+DESCRIBED_EPISODES = 30  # with the default 80/10/10 split: 26 train, 2 val, 2 test episodes
+
+
+Episodes = list[tuple[dict[str, Any], list[dict[str, Any]]]]
+
+
+def described_episodes(count: int = DESCRIBED_EPISODES, steps: int = 5) -> Episodes:
+    """Diagnostic episodes whose branched steps hold a WAIT rollout and a germination rollout (so every
+    counterfactual comparison has its baseline), two causes, and epochs that count up."""
+    episodes = make_episodes(0, count, steps=steps)
+    for index, (episode, rows) in enumerate(episodes):
+        episode["scenario"] = ["lr_too_low", "healthy"][index % 2]
+        for step, row in enumerate(rows):
+            row["epoch"] = step + 1
+            row["val_accuracy"] = f32(40.0 + 5 * step + index % 7)
+            if row["counterfactual"] is not None:
+                row["counterfactual"] = [{"action": "WAIT", "accuracy": f32(50.0 + index % 3)},
+                                         {"action": "GERMINATE_CONV", "accuracy": f32(55.0 + index % 5)}]
+                row["best_action"] = "GERMINATE_CONV"
+                row["counterfactual_epochs"] = 10
+    return episodes

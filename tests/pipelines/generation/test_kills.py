@@ -39,6 +39,7 @@ from support import REPO
 from pipelines.cli import main
 from pipelines.generation.episode import episode_id
 from telemetry.packs import faults
+from telemetry.packs.card import CARD_NAME, GUARD_NAME
 from telemetry.packs.lock import LOCK_NAME
 from telemetry.packs.manifest import MANIFEST_NAME, TABLES, read_manifest
 from telemetry.packs.reader import open_pack
@@ -55,7 +56,7 @@ COLUMNS = {"steps": ["episode_id", "step", "split", "action", "reward", "val_los
            "episodes": ["episode_id", "episode_index", "split", "scenario", "final_accuracy"]}
 # what a kill inside PackWriter.create can leave: the lock, the links (dangling until `current` exists), an
 # unpublished version folder and a link being renamed into place
-CREATE_LEFTOVERS = {LOCK_NAME, MANIFEST_NAME, *TABLES, ".versions", ".tmp-current"}
+CREATE_LEFTOVERS = {LOCK_NAME, MANIFEST_NAME, CARD_NAME, GUARD_NAME, *TABLES, ".versions", ".tmp-current"}
 
 # (stage:occurrence, workers); "last" is resolved against the reference run's stages (the compaction).
 HOOK_KILLS = [
@@ -234,7 +235,8 @@ def _check_resume(out: Path, ref: Reference, capsys: pytest.CaptureFixture[str])
     capsys.readouterr()
     assert main(["validate", str(out)]) == 0, capsys.readouterr().out
     assert _unlisted(out) == {"steps": [], "episodes": []}
-    assert sorted(p.name for p in out.iterdir()) == sorted([".versions", "current", "episodes", MANIFEST_NAME, "steps"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([".versions", "current", "episodes", MANIFEST_NAME, "steps",
+                                                            CARD_NAME, GUARD_NAME])
     assert [p.name for p in (out / ".versions").iterdir()] == [f"{read_manifest(out).commit:06d}"]
     for table, committed in (("steps", steps), ("episodes", episodes)):
         assert _glob_rows(out, table) == dict.fromkeys(("pyarrow", "polars", "duckdb"), _rows(committed, table))

@@ -3,7 +3,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.packs import FAULT_EPISODES, FAULT_PROFILE, FAULT_SPLITS, write_pack
+from support.packs import FAULT_EPISODES, FAULT_PROFILE, FAULT_SPLITS, described_episodes, write_pack
 
 from telemetry.packs import staging
 from telemetry.packs import writer as writer_module
@@ -38,4 +38,12 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def pack(pristine: Path, tmp_path: Path) -> Path:
     """A fresh copy of the pristine pack, for a test to damage."""
-    return Path(shutil.copytree(pristine, tmp_path / "pack"))
+    return Path(shutil.copytree(pristine, tmp_path / "pack", symlinks=True))
+
+
+@pytest.fixture(scope="session")
+def described_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A diagnostic pack with all three default splits, causes, rollouts and seeds, never modified."""
+    path = tmp_path_factory.mktemp("described") / "pack"
+    write_pack(path, described_episodes(), commit_every=10)
+    return path

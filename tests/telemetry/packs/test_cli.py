@@ -125,7 +125,7 @@ def test_bad_input_is_one_line_and_exit_2(pack, tmp_path, capsys, argv, message)
 
 
 def test_a_newer_format_is_bad_input(pack, tmp_path, capsys):
-    copy = shutil.copytree(pack, tmp_path / "copy")
+    copy = shutil.copytree(pack, tmp_path / "copy", symlinks=True)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["format_version"] = "9.0"
     (copy / "manifest.json").write_text(json.dumps(manifest))
@@ -135,7 +135,7 @@ def test_a_newer_format_is_bad_input(pack, tmp_path, capsys):
 
 
 def test_validate_reports_one_line_per_problem(pack, tmp_path, capsys):
-    copy = shutil.copytree(pack, tmp_path / "copy")
+    copy = shutil.copytree(pack, tmp_path / "copy", symlinks=True)
     code, out, _ = run(capsys, "validate", str(copy))
     files = read_manifest(copy).files
     assert code == 0 and out.strip().endswith(f"sound ({len(files)} files, 8 episodes, 48 steps)")
@@ -156,7 +156,7 @@ def test_validate_reports_one_line_per_problem(pack, tmp_path, capsys):
 
 
 def test_validate_catches_rows_in_the_wrong_split(pack, tmp_path, capsys):
-    copy = shutil.copytree(pack, tmp_path / "copy")
+    copy = shutil.copytree(pack, tmp_path / "copy", symlinks=True)
     manifest = json.loads((copy / "manifest.json").read_text())
     entry = next(f for f in manifest["files"] if f["table"] == "episodes" and f["split"] == "train")
     wrong = entry["path"].replace("split=train", "split=test")
@@ -169,7 +169,7 @@ def test_validate_catches_rows_in_the_wrong_split(pack, tmp_path, capsys):
 
 
 def test_a_damaged_or_missing_file_is_one_line_naming_it(pack, tmp_path, capsys):
-    copy = shutil.copytree(pack, tmp_path / "copy")
+    copy = shutil.copytree(pack, tmp_path / "copy", symlinks=True)
     entry = read_manifest(copy).files_of("steps")[0]
     data = bytearray((copy / entry.path).read_bytes())
     data[200] ^= 0x10

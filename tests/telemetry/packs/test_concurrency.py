@@ -163,7 +163,7 @@ def test_a_sigkilled_writer_leaves_its_commits_and_a_stale_lock_that_is_taken_ov
                                                                                     tmp_path: Path) -> None:
     """While the child writes, this process is refused (naming the child) but reads its commit; after
     SIGKILL the flock is gone, so a new writer takes over the stale lock file and drops the staged rows."""
-    path = Path(shutil.copytree(pristine, tmp_path / "p"))
+    path = Path(shutil.copytree(pristine, tmp_path / "p", symlinks=True))
     child = subprocess.Popen([sys.executable, "-c", HOLDER.format(tests=str(TESTS), profile=PROFILE), str(path)],
                              cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

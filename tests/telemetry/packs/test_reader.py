@@ -27,7 +27,7 @@ def pack(tmp_path_factory):
 
 @pytest.fixture
 def copy(pack, tmp_path):
-    return shutil.copytree(pack, tmp_path / "copy")
+    return shutil.copytree(pack, tmp_path / "copy", symlinks=True)
 
 
 def test_filters_by_split_episode_and_columns(pack):
@@ -168,7 +168,7 @@ def test_pack_reads_from_any_working_directory(pack, tmp_path, monkeypatch):
 
 
 def test_a_folder_that_looks_like_a_partition_does_not_confuse_duckdb(pack, tmp_path):
-    odd = shutil.copytree(pack, tmp_path / "run=3" / "pack")
+    odd = shutil.copytree(pack, tmp_path / "run=3" / "pack", symlinks=True)
     con = open_pack(odd).duckdb()
     rows = con.sql("SELECT split, count(*) FROM steps GROUP BY split ORDER BY split").fetchall()
     expected = sorted((s, n.steps) for s, n in read_manifest(odd).split_stats.items() if n.steps)

@@ -20,6 +20,7 @@ from telemetry.config import load_config
 from telemetry.errors import PackError
 from telemetry.packs import faults
 from telemetry.packs import writer as writer_module
+from telemetry.packs.card import GUARD_NAME
 from telemetry.packs.lock import LOCK_NAME
 from telemetry.packs.manifest import read_manifest
 from telemetry.packs.reader import open_pack
@@ -55,7 +56,7 @@ def test_manifest_lists_every_file_with_size_rows_and_checksum(tmp_path):
                      for p in (pack / t).rglob("*.parquet"))
     assert sorted(f.path for f in manifest.files) == on_disk
     # and nothing else is stored: a closed pack is the last commit's version folder (its files, once each)
-    stored = sorted(p.relative_to(pack).as_posix() for p in pack.rglob("*.parquet"))
+    stored = sorted(p.relative_to(pack).as_posix() for p in pack.rglob("*.parquet") if p.name != GUARD_NAME)
     assert stored == sorted(f".versions/{manifest.commit:06d}/{f.path}" for f in manifest.files)
     for entry in manifest.files:
         data = (tmp_path / "p" / entry.path).read_bytes()
@@ -82,14 +83,18 @@ def test_parquet_settings_are_applied(tmp_path):
     assert val_loss.statistics is not None and val_loss.statistics.has_min_max
 
 
-def test_rows_go_out_in_full_row_groups_and_files_roll_over(tmp_path, row_groups):
+@pytest.mark.parametrize(("lanes", "expected"), [(1, [[8, 8, 8], [8, 8, 8], [8, 4]]),
+                                                 (2, [[8, 8, 8], [8, 8, 8], [8], [4]])])
+def test_rows_go_out_in_full_row_groups_and_files_roll_over(tmp_path, row_groups, monkeypatch, lanes, expected):
+    """Row group i goes to lane i % lanes (files encoded in parallel); files are listed in row order."""
     row_groups(8, file_rows=24)
+    monkeypatch.setattr(writer_module, "LANES", lanes)
     episodes = make_episodes(0, 12, steps=5)
     write_pack(tmp_path / "p", episodes, splits={"train": 1.0})
     files = [f for f in read_manifest(tmp_path / "p").files if f.table == "steps"]
     groups = [[pq.read_metadata(tmp_path / "p" / f.path).row_group(i).num_rows
                for i in range(pq.read_metadata(tmp_path / "p" / f.path).num_row_groups)] for f in files]
-    assert groups == [[8, 8, 8], [8, 8, 8], [8, 4]]
+    assert groups == expected
     assert_bit_equal(read_back(tmp_path / "p"), expected_steps(episodes))
 
 
@@ -99,7 +104,7 @@ def test_close_compacts_small_files_and_deletes_the_old_ones(tmp_path, row_group
     manifest = read_manifest(tmp_path / "p")
     per_split = {(f.table, f.split) for f in manifest.files}
     assert len(manifest.files) == len(per_split)  # one file per table and split
-    assert len(list((tmp_path / "p").rglob("*.parquet"))) == len(manifest.files)
+    assert len([p for p in (tmp_path / "p").rglob("*.parquet") if p.name != GUARD_NAME]) == len(manifest.files)
     for f in manifest.files:
         meta = pq.read_metadata(tmp_path / "p" / f.path)
         assert all(meta.row_group(i).num_rows == 16 for i in range(meta.num_row_groups - 1))
@@ -167,12 +172,12 @@ def test_a_crash_at_any_step_leaves_the_last_commit_readable(tmp_path, monkeypat
     monkeypatch.setattr(faults, "checkpoint", lambda stage: None)
     base = _base(tmp_path / "base")
     stages: list[str] = []
-    shutil.copytree(base, tmp_path / "record")
+    shutil.copytree(base, tmp_path / "record", symlinks=True)
     _append_and_close(tmp_path / "record", stages.append, [])
     assert stages.count("manifest_replaced") == 2 and stages[-1] == "old_deleted"
     first_commit = stages.index("manifest_replaced")
     for at in _crash_points(stages):
-        path = shutil.copytree(base, tmp_path / f"crash{at}")
+        path = shutil.copytree(base, tmp_path / f"crash{at}", symlinks=True)
         calls = iter(range(len(stages)))
 
         def crash(stage, at=at, calls=calls):

@@ -1,0 +1,152 @@
+"""Row groups of Parquet files into one preallocated row-major float32 matrix, in parallel.
+
+`Pack.tensors()` needs a C-contiguous [rows, features] float32 matrix, the label of each row and its
+valid-action mask, from files stored column by column. Reading everything into Arrow first and
+converting afterwards holds two copies of the data and leaves the cores idle in turn. Here the row
+count of every row group is known from the file footers, so each row group has its place in the
+output before anything is read: one task per row group reads it (decoding releases the GIL) and
+writes its columns straight into its rows of the matrix, while other tasks decode theirs. The order
+of rows is the order of the files and row groups given, whatever order the tasks finish in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+_WORKERS = max(2, min(8, os.cpu_count() or 2))
+_BLOCK_ROWS = 4096  # rows of the matrix written at a time: 4096 x 155 float32 is 2.5 MB
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    path: Path
+    index: int  # the row group within its file
+    start: int  # its first row in the output
+    rows: int
+    metadata: pq.FileMetaData
+
+
+def row_groups(paths: Sequence[Path]) -> list[RowGroup]:
+    """Every row group of `paths`, in order, with the output row it starts at."""
+    out, start = [], 0
+    for path in paths:
+        meta = pq.read_metadata(path)
+        for i in range(meta.num_row_groups):
+            rows = meta.row_group(i).num_rows
+            out.append(RowGroup(path, i, start, rows, meta))
+            start += rows
+    return out
+
+
+@dataclass
+class Matrix:
+    """The outputs every task writes its rows into."""
+
+    features: np.ndarray  # float32 [rows, names]
+    labels: np.ndarray  # int64 [rows]
+    masks: np.ndarray  # bool [rows, actions]
+
+
+def read_matrix(paths: Sequence[Path], rows: int | None, names: Sequence[str], label_column: str,
+                actions: Sequence[str], centre: np.ndarray | None, scale: np.ndarray | None, no_action: int,
+                episodes: Sequence[str] | None = None) -> Matrix:
+    """The matrix, labels and masks of the rows of `paths`: all of them (`rows`, as the manifest
+    says), or those of `episodes` (their row groups' `episode_id` read first, to place them)."""
+    groups = row_groups(paths)
+    keep = None
+    if episodes is not None:
+        groups, keep = _selected(groups, pa.array(list(episodes), pa.string()))
+    elif sum(g.rows for g in groups) != rows:
+        raise ValueError(f"the steps files hold {sum(g.rows for g in groups)} rows but manifest.json lists {rows}")
+    total = sum(g.rows for g in groups)
+    out = Matrix(np.empty((total, len(names)), dtype=np.float32), np.empty(total, dtype=np.int64),
+                 np.empty((total, len(actions)), dtype=bool))
+    fill(groups, out, names, label_column, actions, centre, scale, no_action, keep)
+    return out
+
+
+def _selected(groups: Sequence[RowGroup], wanted: pa.Array) -> tuple[list[RowGroup], list[pa.Array]]:
+    """Each row group's rows of the wanted episodes (a mask), placed one after another."""
+    placed, masks, start = [], [], 0
+    for g in groups:
+        ids = pq.ParquetFile(g.path, metadata=g.metadata).read_row_group(g.index, columns=["episode_id"])
+        mask = pc.is_in(ids.column(0), value_set=wanted).combine_chunks()
+        n = int(pc.sum(mask).as_py() or 0)
+        placed.append(RowGroup(g.path, g.index, start, n, g.metadata))
+        masks.append(mask)
+        start += n
+    return placed, masks
+
+
+def fill(groups: Sequence[RowGroup], out: Matrix, names: Sequence[str], label_column: str, actions: Sequence[str],
+         centre: np.ndarray | None, scale: np.ndarray | None, no_action: int,
+         keep: Sequence[pa.Array] | None = None) -> None:
+    """Read every row group and write it into its rows of `out` (see the module docstring).
+
+    Features: numbers as float32, standardised with `centre` and `scale` when given, nulls 0.0
+    after standardising (so a null lands on the mean). Labels: the index of `label_column`'s action
+    name in `actions`, `no_action` where null or unknown. Masks: `action_mask`, all True where null.
+    With `keep` (a mask per row group), only those rows, which `groups` has already placed.
+    """
+    columns = [*names, label_column, "action_mask"]
+    value_set = pa.array(list(actions), pa.string())
+
+    def task(number: int) -> None:
+        group = groups[number]
+        if group.rows == 0:
+            return
+        file = pq.ParquetFile(group.path, metadata=group.metadata)
+        table = file.read_row_group(group.index, columns=columns, use_threads=False)
+        if keep is not None:
+            table = table.filter(keep[number])
+        rows = slice(group.start, group.start + group.rows)
+        _features(table, names, out.features[rows], centre, scale)
+        index = pc.index_in(table.column(label_column), value_set=value_set)
+        out.labels[rows] = pc.fill_null(index, no_action).to_numpy(zero_copy_only=False)
+        _masks(table.column("action_mask").combine_chunks(), out.masks[rows])
+
+    with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="pack-matrix") as pool:
+        for future in [pool.submit(task, i) for i in range(len(groups))]:
+            future.result()
+
+
+def _features(table: pa.Table, names: Sequence[str], dest: np.ndarray, centre: np.ndarray | None,
+              scale: np.ndarray | None) -> None:
+    """Each column into its column of `dest`, _BLOCK_ROWS rows at a time, so that the block of `dest`
+    being written stays in cache while every column passes (a whole column at a time would pull each
+    cache line of the matrix in once per column)."""
+    values, nulls = [], []
+    for j, name in enumerate(names):
+        chunks = table.column(name)
+        column = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
+        v = column.to_numpy(zero_copy_only=False)
+        if centre is not None:
+            v = v.astype(np.float32)
+            v -= centre[j]
+            v /= scale[j]
+        values.append(v)
+        if column.null_count:
+            nulls.append((j, column.is_null().to_numpy(zero_copy_only=False)))
+    for start in range(0, len(dest), _BLOCK_ROWS):
+        block = dest[start:start + _BLOCK_ROWS]
+        for j, v in enumerate(values):
+            block[:, j] = v[start:start + _BLOCK_ROWS]
+    for j, null in nulls:  # after standardising: a null lands on the mean
+        dest[null, j] = 0.0
+
+
+def _masks(mask: pa.Array, dest: np.ndarray) -> None:
+    dest[:] = True
+    if mask.null_count < len(mask):
+        valid = mask.is_valid().to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(mask).to_numpy(zero_copy_only=False)
+        dest[valid] = flat.reshape(-1, dest.shape[1])
