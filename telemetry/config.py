@@ -38,6 +38,9 @@ class GradientConfig(BaseModel):
     full_histogram: bool = False
     sample_size: int = Field(default=65536, ge=1024, le=1 << 22)
     every_n_batches: int = Field(default=1, ge=1, le=10000)
+    # false: per batch a fixed few kernels, std mean and shares from the element sample (stated bounds);
+    # true: every element of every batch (exact, a growing number of kernels; for tests and audits)
+    exact: bool = False
 
     @field_validator("percentiles")
     @classmethod
