@@ -6,11 +6,13 @@ The public surface of the pack store. Everything else in this package is interna
   parquet.py fixes their settings, rows.py checks what callers hand it, identity.py builds a new
   pack's manifest);
 - commit.py: the whole commit protocol (publish, prune, migrate, recover an interrupted create),
-  with the crash-test hooks of faults.py; lock.py: one writer per pack;
+  with the crash-test hooks of faults.py; repair.py: a lost or broken `current` link, named and
+  repaired; lock.py: one writer per pack;
 - manifest.py: the commit record; tables.py: the Arrow schemas of the two tables; quick_stats.py
   and splits.py: what the manifest keeps about the rows;
 - reader.py: `open_pack` and `Pack` (Arrow, polars, DuckDB, torch); validate.py: `validate_pack`;
-- cli.py: `esper inspect | query | validate`.
+  file_schema.py: how a file's columns differ from its table's;
+- cli.py: `esper inspect | query | validate`; sandbox.py: the read-only connection `query` uses.
 
 Names resolve lazily, so `from telemetry.packs import open_pack` does not import torch.
 """
@@ -23,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "PackWriter": "telemetry.packs.writer",
     "recover_interrupted_create": "telemetry.packs.commit",
+    "repair_current": "telemetry.packs.repair",
+    "broken_current": "telemetry.packs.repair",
     "open_pack": "telemetry.packs.reader",
     "Pack": "telemetry.packs.reader",
     "PackTensors": "telemetry.packs.reader",
@@ -61,6 +65,7 @@ __all__ = [
     "ROW_GROUP_ROWS",
     "SPLIT_COLUMN",
     "TABLES",
+    "broken_current",
     "episodes_schema",
     "file_sha256",
     "leftovers",
@@ -69,6 +74,7 @@ __all__ = [
     "query_library",
     "read_manifest",
     "recover_interrupted_create",
+    "repair_current",
     "split_of",
     "steps_schema",
     "validate_pack",
@@ -81,6 +87,7 @@ if TYPE_CHECKING:
     from telemetry.packs.parquet import ROW_GROUP_ROWS, parquet_options
     from telemetry.packs.quick_stats import QuickStats
     from telemetry.packs.reader import NO_ACTION, Pack, PackTensors, open_pack
+    from telemetry.packs.repair import broken_current, repair_current
     from telemetry.packs.splits import DEFAULT_SPLITS, split_of
     from telemetry.packs.tables import DEFAULT_ACTIONS, SPLIT_COLUMN, episodes_schema, steps_schema
     from telemetry.packs.validate import leftovers, validate_pack

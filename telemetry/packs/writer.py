@@ -63,6 +63,7 @@ from telemetry.packs.lock import WriterLock
 from telemetry.packs.manifest import TABLES, FileEntry, Manifest, Table, read_manifest
 from telemetry.packs.parquet import ROW_GROUP_ROWS, parquet_options
 from telemetry.packs.quick_stats import QuickStats, numeric_columns
+from telemetry.packs.repair import repair_current
 from telemetry.packs.rows import check_episode_ids, check_steps, conform, from_rows, with_identity
 from telemetry.packs.splits import assign_splits
 from telemetry.packs.staging import STAGING, FileSink, StagedFile, TableStream
@@ -131,6 +132,9 @@ class PackWriter:
         vocabulary and the split fractions for the life of the pack.
         """
         root = Path(path)
+        if root.is_symlink() and not root.exists():
+            raise PackError(f"{root}: a symbolic link to {os.readlink(root)!r}, which does not exist; "
+                            "expected an absent or empty directory")
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise PackError(f"{root}: already exists and is not an empty directory; "
                             "use PackWriter.open_append to add to an existing pack")
@@ -153,9 +157,11 @@ class PackWriter:
 
         Leftovers of an interrupted writer (staged files, version folders never committed) are
         deleted; committed data is untouched. A pack of the earlier layout (real table folders), or
-        a copy that followed the links, is converted to version folders first (commit.migrate).
+        a copy that followed the links, is converted to version folders first (commit.migrate); one
+        whose `current` link was lost or broken leads to its last complete version again first.
         """
         root = Path(path)
+        repair_current(root)
         check_same(root, read_manifest(root), config, feature_schema)
         lock = WriterLock.acquire(root)
         try:
