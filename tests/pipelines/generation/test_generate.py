@@ -296,3 +296,22 @@ def test_a_pack_whose_current_link_was_removed_is_repaired_never_recreated(refer
     (copy / "current").unlink()
     assert main(["generate", *ARGS, "--episodes", str(EPISODES), "--out", str(copy), "--resume"]) == 0
     assert all(a.equals(b) for a, b in zip(content(copy), content(reference_pack), strict=True))
+
+
+def test_a_create_that_loses_a_race_names_the_command_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Another run creates the pack between the check and the create: the CLI says what to do, not
+    which library call to make."""
+    out, create = tmp_path / "out", PackWriter.create
+
+    def racing(path, *args, **kwargs):
+        other = create(path, *args, **kwargs)  # the other run wins
+        other.close()
+        return create(path, *args, **kwargs)
+
+    monkeypatch.setattr(PackWriter, "create", racing)
+    assert main(["generate", "--profile", "minimal", "--dataset", "synthetic", "--epochs", "3", "--episodes", "2",
+                 "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another run created a pack there meanwhile; pass --resume" in err, err
+    assert "open_append" not in err
