@@ -134,7 +134,7 @@ class Pack:
             try:
                 meta = pq.read_metadata(path)
                 found = meta.schema.to_arrow_schema()
-            except (OSError, pa.ArrowException) as exc:
+            except (OSError, pa.ArrowException, ValueError) as exc:  # a damaged footer can fail to decode
                 raise PackError(f"{named}: not readable as Parquet ({str(exc).splitlines()[0]})") from None
             if meta.num_rows != entry.rows:
                 raise PackError(f"{named}: {meta.num_rows} rows but manifest.json says {entry.rows} "
@@ -223,7 +223,7 @@ class Pack:
                 yield dataset.to_table(columns=columns, filter=expression)
             else:
                 yield from dataset.to_batches(columns=columns, filter=expression)
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, pa.ArrowException, ValueError) as exc:
             text = " ".join(str(exc).split())
             if isinstance(exc, FileNotFoundError) or "No such file" in text:
                 raise PackError(f"{self.path}: a {table} file of split {split!r} is missing ({text}); a writer "
@@ -433,6 +433,9 @@ def _masks(mask: pa.Array, width: int) -> np.ndarray:
     if mask.null_count < len(mask):
         valid = mask.is_valid().to_numpy(zero_copy_only=False)
         flat = pc.list_flatten(mask).to_numpy(zero_copy_only=False)
+        if flat.size != int(valid.sum()) * width:  # masks of another action vocabulary
+            raise PackError(f"action_mask holds {flat.size} entries for {int(valid.sum())} steps, but manifest.json "
+                            f"lists {width} actions (edited?); run `esper validate`")
         out[valid] = flat.reshape(-1, width)
     return out
 

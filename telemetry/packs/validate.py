@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from telemetry.packs.commit import inside, layout_problems
@@ -48,6 +49,7 @@ def validate_pack(path: str | os.PathLike[str]) -> list[str]:
     problems += _count_problems(manifest)
     if len(good) == len(manifest.files):
         problems += _split_problems(root, manifest)
+        problems += _vocabulary_problems(root, manifest)
         problems += _stats_problems(root, manifest)
     return problems
 
@@ -81,7 +83,7 @@ def _file_problems(root: Path, manifest: Manifest, entry: FileEntry) -> list[str
     try:
         meta = pq.read_metadata(path)
         schema = meta.schema.to_arrow_schema()
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, pa.ArrowException, ValueError) as exc:  # a damaged footer can fail to decode
         return [f"{path}: not readable as Parquet ({str(exc).splitlines()[0]})"]
     problems = []
     if meta.num_rows != entry.rows:
@@ -143,6 +145,23 @@ def _split_problems(root: Path, manifest: Manifest) -> list[str]:
                 state = "has no episode row" if where is None else f"belongs to split {where!r}"
                 problems.append(f"{root / entry.path}: steps of episode {episode_id!r}, which {state}")
                 break
+    return problems
+
+
+def _vocabulary_problems(root: Path, manifest: Manifest) -> list[str]:
+    """Actions and masks in the vocabulary of manifest.json's `actions`, which gives labels their index
+    and mask entries their meaning: an action outside it would become 'no label' in silence."""
+    actions, problems = set(manifest.actions), []
+    for entry in manifest.files_of("steps"):
+        table = pq.read_table(root / entry.path, columns=["action", "best_action", "action_mask"])
+        for column in ("action", "best_action"):
+            unknown = sorted(set(table.column(column).drop_null().unique().to_pylist()) - actions)
+            if unknown:
+                problems.append(f"{root / entry.path}: {column} {unknown[0]!r} is not one of manifest.json's actions")
+        widths = set(pc.list_value_length(table.column("action_mask")).drop_null().unique().to_pylist())
+        if widths - {len(actions)}:
+            problems.append(f"{root / entry.path}: action_mask has {sorted(widths)} entries per step, manifest.json "
+                            f"lists {len(actions)} actions")
     return problems
 
 

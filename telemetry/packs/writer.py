@@ -427,7 +427,7 @@ def _committed_episode_ids(root: Path, manifest: Manifest) -> set[str]:
     for entry in manifest.files_of("episodes"):
         try:
             ids.update(pq.read_table(root / entry.path, columns=["episode_id"]).column(0).to_pylist())
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, pa.ArrowException, ValueError) as exc:  # a damaged footer can fail to decode
             raise PackError(f"{root / entry.path}: cannot read committed episode ids "
                             f"({str(exc).splitlines()[0]}); run `esper validate {root}`") from None
     return ids

@@ -218,3 +218,32 @@ def test_a_file_of_another_profile_is_refused_even_with_a_correct_manifest_entry
             read(open_pack(copy))
     problems = validate_pack(copy)
     assert len(problems) == 1 and f"lacks {lacking} column(s)" in problems[0]
+
+
+def test_a_footer_that_does_not_decode_is_a_clean_error_without_verify(copy):
+    """Found by the long fuzz run: a flipped byte in a column name of the footer made pyarrow raise
+    UnicodeDecodeError, which escaped open_pack(verify=False) as a traceback."""
+    entry = next(f for f in read_manifest(copy).files if f.table == "steps")
+    path = copy / entry.path
+    data = bytearray(path.read_bytes())
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    at = data.index(b"episode_id", footer)  # the schema's name for the first column
+    data[at] = 0xE5  # a UTF-8 lead byte without its continuation
+    path.write_bytes(bytes(data))
+    with pytest.raises(PackError, match=f"{entry.path}: not readable as Parquet"):
+        open_pack(copy, verify=False).steps()
+    assert any(entry.path in p for p in validate_pack(copy))
+
+
+def test_masks_of_another_action_vocabulary_are_refused(copy):
+    """Found by the long fuzz run: an action dropped from manifest.json's list made tensors() fail with
+    numpy's reshape error; validate now names it too (labels outside the list would vanish)."""
+    manifest = json.loads((copy / "manifest.json").read_text())
+    dropped = manifest["actions"].pop()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackError, match=f"but manifest.json lists {len(manifest['actions'])} actions"):
+        open_pack(copy).tensors()
+    problems = validate_pack(copy)
+    assert any(f"action_mask has [{len(manifest['actions']) + 1}] entries per step" in p for p in problems)
+    steps = open_pack(copy, verify=False).steps(columns=["action"]).column("action").to_pylist()
+    assert (dropped in steps) == any(f"action {dropped!r} is not one of" in p for p in problems)
