@@ -32,7 +32,7 @@ TRAIN = ["train", "{pack}", "--out", "{tmp}/model", "--target", "heuristic"]
 @dataclass(frozen=True)
 class Case:
     id: str
-    argv: list[str]  # "{tmp}", "{pack}" (a sound 3-episode pack) and "{empty}" (a 0-episode pack) are filled in
+    argv: list[str]  # "{tmp}" and the packs of the `packs` fixture ("{pack}", "{empty}", ...) are filled in
     needle: str  # a distinctive part of the one error line
     setup: Setup | None = None
 
