@@ -289,3 +289,16 @@ def test_validate_recomputes_quick_stats_so_a_hand_edit_cannot_pass(pack: Path, 
     problems = validate_pack(pack)
     assert problems and problems[0].startswith(f"manifest.json: {says}"), problems
     assert all(p.endswith("(edited by hand?)") for p in problems)  # a split's edit also unbalances the total
+
+
+def test_a_quick_stat_dropped_by_hand_is_refused_when_the_manifest_is_read(pack: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    """Found by the long fuzz run: a column's mean dropped from split_stats made validate (and the next
+    commit) fail merging None into a float, a traceback; the manifest itself is refused now."""
+    data = json.loads((pack / MANIFEST_NAME).read_text())
+    data["split_stats"]["train"]["columns"]["val_loss"].pop("mean")
+    (pack / MANIFEST_NAME).write_text(json.dumps(data))
+    for command in ("validate", "inspect", "query"):
+        code, _, err = run_cli(capsys, command, str(pack), *(["SELECT 1"] if command == "query" else []))
+        assert code == 2 and err.count("\n") == 1, err
+        assert "split_stats.train.columns.val_loss" in err and "finite values but no min, max or mean" in err
