@@ -120,6 +120,8 @@ def cmd_control_check(args: argparse.Namespace) -> int:
     for name in ("episodes", "epochs", "workers"):
         if getattr(args, name) < (2 if name == "epochs" else 1):
             raise EsperError(f"--{name} must be >= {2 if name == 'epochs' else 1}, got {getattr(args, name)}")
+    if args.seed < 0:  # episode streams are numpy SeedSequences, which take non-negative integers only
+        raise EsperError(f"--seed must be >= 0, got {args.seed}")
     job = Job(0, "never", args.seed, args.epochs, args.dataset, args.data_dir, args.germinate_at,
               args.train_epochs, scenarios)
     text, seconds, runs = run(args.episodes, chosen, job, args.workers)

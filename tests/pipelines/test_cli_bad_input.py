@@ -235,6 +235,8 @@ RELIABILITY_CASES: list[Case] = [
          "--epochs must be >= 2"),
     Case("compare-too-few-episodes", [*COMPARE, "--episodes", "15", "--out", "{tmp}/out"],
          "--episodes 15 puts no episode in the test split(s)"),
+    Case("control-check-seed-negative", ["control-check", "--episodes", "1", "--epochs", "2", "--seed", "-5",
+                                         "--dataset", "synthetic"], "--seed must be >= 0, got -5"),
     Case("compare-pack-seed-conflict", ["compare", "--seeds", "1", "--pack", "{generated}", "--seed", "1",
                                         "--target", "heuristic", "--out", "{tmp}/out"],
          "--seed 1 conflicts with --pack"),
