@@ -31,8 +31,12 @@ from telemetry.packs.manifest import MANIFEST_NAME, Manifest, fsync_dir, read_ma
 
 
 def last_complete_version(root: Path) -> Manifest | None:
-    """The newest version folder whose manifest reads, names its own commit, and whose listed files
-    are all there at their recorded sizes (what a commit had finished before it published)."""
+    """The newest version folder with a manifest, if every file it lists is there at its recorded size.
+
+    A commit writes its manifest last, so a folder without one is an interrupted commit (skipped);
+    a folder whose manifest lists a missing or resized file is damage, and choosing an older version
+    instead would let the next writer delete the newer one: that is refused, naming it.
+    """
     _, names = _versions(root)
     for name in sorted((n for n in names if n.isdigit()), key=int, reverse=True):
         folder = root / VERSIONS / name
@@ -40,9 +44,12 @@ def last_complete_version(root: Path) -> Manifest | None:
             manifest = read_manifest_file(folder / MANIFEST_NAME)
         except (PackError, OSError):
             continue
-        if version_name(manifest.commit) == name and inside(root, folder) and all(
-                _size(folder / entry.path) == entry.bytes for entry in manifest.files):
-            return manifest
+        damaged = [e.path for e in manifest.files if _size(folder / e.path) != e.bytes]
+        if version_name(manifest.commit) != name or not inside(root, folder) or damaged:
+            what = f"lists {damaged[0]}, which is missing or resized" if damaged else "is not its own commit"
+            raise PackError(f"{folder}: the newest version folder {what}; nothing was repaired: run "
+                            f"`esper validate` on it, or move it away to fall back to the one before")
+        return manifest
     return None
 
 
@@ -82,7 +89,10 @@ def broken_current(root: Path) -> str | None:
     if (root / VERSIONS).is_symlink() and not inside(root, root / VERSIONS):
         return (f"{root / VERSIONS}: a link to {_link_target(root / VERSIONS)!r}, outside the pack; a pack's "
                 "version folders must lie inside it (move them back in place of the link)")
-    manifest = last_complete_version(root)
+    try:
+        manifest = last_complete_version(root)
+    except PackError as exc:
+        return f"{root / CURRENT}: {state}; {exc}"
     if manifest is None:
         return (f"{root / CURRENT}: {state}, and no complete version folder is left in {root / VERSIONS}; "
                 "the pack cannot be read")

@@ -78,12 +78,14 @@ def test_a_broken_current_is_named_and_a_writer_repairs_it_without_losing_a_comm
     assert validate_pack(linked) == []
 
 
-def test_repair_chooses_the_newest_complete_version_and_skips_an_unfinished_one(linked: Path) -> None:
+def test_repair_skips_a_commit_cut_short_and_refuses_a_damaged_newest_version(linked: Path) -> None:
+    """A version folder without a manifest is a commit cut short (the manifest is written last): the
+    repair falls back past it. One whose manifest lists a missing file is damage: falling back would
+    let the next writer delete it, so nothing is repaired and the folder is named."""
     manifest = read_manifest(linked)
-    unfinished = linked / ".versions" / f"{manifest.commit + 1:06d}"
-    shutil.copytree(linked / ".versions" / f"{manifest.commit:06d}", unfinished)
-    next(unfinished.rglob("*.parquet")).unlink()  # a commit cut short before all its files were in
-    (unfinished / MANIFEST_NAME).write_text(manifest.model_copy(update={"commit": manifest.commit + 1}).to_json())
+    newer = linked / ".versions" / f"{manifest.commit + 1:06d}"
+    shutil.copytree(linked / ".versions" / f"{manifest.commit:06d}", newer)
+    (newer / MANIFEST_NAME).unlink()
     (linked / "current").unlink()
     assert last_complete_version(linked).commit == manifest.commit
     assert repair_current(linked).commit == manifest.commit
@@ -91,6 +93,14 @@ def test_repair_chooses_the_newest_complete_version_and_skips_an_unfinished_one(
     assert broken_current(linked) is None and repair_current(linked) is None  # nothing left to repair
     assert_bit_equal(read_back(linked), expected_steps(FAULT_EPISODES, FAULT_PROFILE))
     assert not (linked / LOCK_NAME).exists()
+    (newer / MANIFEST_NAME).write_text(manifest.model_copy(update={"commit": manifest.commit + 1}).to_json())
+    next(newer.rglob("*.parquet")).unlink()
+    (linked / "current").unlink()
+    kept = versions(linked)
+    with pytest.raises(PackError, match=f"{newer}: the newest version folder lists .* missing or resized"):
+        repair_current(linked)
+    assert "nothing was repaired" in broken_current(linked)
+    assert versions(linked) == kept
 
 
 def test_a_pack_with_no_complete_version_is_refused_and_left_alone(linked: Path) -> None:
