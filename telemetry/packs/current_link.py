@@ -99,8 +99,8 @@ def broken_current(root: Path) -> str | None:
     name = f"{VERSIONS}/{version_name(manifest.commit)}"
     stats = manifest.quick_stats
     return (f"{root / CURRENT}: {state}; the last complete commit is {name} ({stats.episodes} episodes, "
-            f"{stats.steps} steps): a writer repairs the link (esper generate --resume, "
-            f"PackWriter.open_append), or by hand: ln -sfn {name} {root / CURRENT}")
+            f"{stats.steps} steps): run `esper repair {root}` (a writer, esper generate --resume or "
+            f"PackWriter.open_append, also repairs it), or by hand: ln -sfn {name} {root / CURRENT}")
 
 
 def repair_current(root: Path) -> Manifest | None:
