@@ -211,8 +211,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _outputs(argv: list[str], cwd: Path) -> list[Path]:
-    """The named outputs, each with the folders a command creates to hold it (the first missing one)."""
-    outputs = []
+    """The named outputs, each with the folders a command creates to hold it (the first missing one).
+    `esper repair PACK` writes into the pack it is given (its links and card), nothing else."""
+    outputs = [cwd / word for word in argv[1:] if not word.startswith("-")][:1] if argv[0] == "repair" else []
     for i, word in enumerate(argv[:-1]):
         if word == "--out":
             path = cwd / argv[i + 1]
