@@ -146,6 +146,8 @@ class MorphogeneticEnv:
         self.tracker = DiagnosticTracker(self.model, self.config, ds.num_classes, rng_seed=self._rng_seeds["tracker"])
         self.epoch, self.done, self.accuracy = 0, False, 0.0
         self.param_epochs = 0.0  # sum over trained epochs after a decision of the seed's parameter share
+        self.tried: tuple[str, ...] = ()  # blueprints germinated so far, in order
+        self.isolated_seed_loss: float | None = None
         self.seed_path_accuracy: float | None = None
 
     @property
@@ -195,7 +197,6 @@ class MorphogeneticEnv:
         self.epoch += 1
         previous = self.accuracy
         row, self.accuracy = self._run_epoch()
-        self.param_epochs += self.seed_parameter_share()
         self.done = self.epoch >= self.epochs - 1
         return row, self._reward(previous), self.done, self._info(action)
 
@@ -207,6 +208,7 @@ class MorphogeneticEnv:
                            accuracy=self.accuracy)
             lr = self.options.seed_lr
             self.optimizer.add_param_group({"params": list(seed.parameters()), "lr": lr, "base_lr": lr})
+            self.tried = (*self.tried, action.blueprint)
         elif action == Action.ADVANCE:
             slot.advance(epoch)
         elif action == Action.FOSSILIZE:
@@ -239,6 +241,7 @@ class MorphogeneticEnv:
         self._train_epoch()
         accuracy = self._validate()
         lifecycle.end_epoch()
+        self.param_epochs += self.seed_parameter_share()  # zero at epoch 0: no decision, no seed yet
         row = self.tracker.end_step(epoch=self.epoch, seed=self._seed_status(accuracy))
         return row, accuracy
 
@@ -321,6 +324,13 @@ class MorphogeneticEnv:
             alpha=life.alpha,
             improvement=0.0 if since is None else accuracy - since,
             available_slots=int(slot.can_germinate),
+            val_accuracy=accuracy,
+            seed_path_accuracy=self.seed_path_accuracy,
+            isolated_seed_loss=self.isolated_seed_loss if life.stage == SeedStage.TRAINING else None,
+            blueprint=life.blueprint if slot.seed is not None else None,
+            tried=self.tried,
+            param_share=self.seed_parameter_share(),
+            param_epochs=self.param_epochs,
         )
 
     # ---- reward and info ---------------------------------------------------------------------------
@@ -366,7 +376,8 @@ class MorphogeneticEnv:
             shuffle_rng=self.shuffle.get_state(),
             global_rng=capture_global_rng(),
             counters={"epoch": self.epoch, "done": self.done, "accuracy": self.accuracy,
-                      "seed_path_accuracy": self.seed_path_accuracy, "param_epochs": self.param_epochs},
+                      "seed_path_accuracy": self.seed_path_accuracy, "param_epochs": self.param_epochs,
+                      "tried": self.tried, "isolated_seed_loss": self.isolated_seed_loss},
         )
 
     def restore(self, state: EnvState) -> None:
@@ -384,8 +395,9 @@ class MorphogeneticEnv:
         self.tracker.load_state_dict(state.tracker)
         self.shuffle.set_state(state.shuffle_rng)
         restore_global_rng(state.global_rng)
-        self.epoch, self.done, self.accuracy, self.seed_path_accuracy, self.param_epochs = (
-            state.counters[k] for k in ("epoch", "done", "accuracy", "seed_path_accuracy", "param_epochs"))
+        (self.epoch, self.done, self.accuracy, self.seed_path_accuracy, self.param_epochs, self.tried,
+         self.isolated_seed_loss) = (state.counters[k] for k in (
+            "epoch", "done", "accuracy", "seed_path_accuracy", "param_epochs", "tried", "isolated_seed_loss"))
 
     def close(self) -> None:
         if self.tracker is not None:

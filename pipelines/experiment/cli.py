@@ -25,14 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fresh episodes each policy drives (default 40)")
     p.add_argument("--workers", type=int, default=1, help="parallel episode workers")
     add_engine_arguments(p)
-    p.add_argument("--dataset", default="digits", choices=DATASETS)
+    p.add_argument("--dataset", default="digits_hard", choices=DATASETS)
     p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10's python batch files are")
     p.add_argument("--epochs", type=int, default=25, help="epochs per episode (default 25)")
     p.add_argument("--seed", type=int, default=0, help="run seed of the pack; online episodes use seed + 1")
-    p.add_argument("--counterfactual", type=float, default=0.1, metavar="FRACTION",
-                   help="share of steps branched for oracle labels (default 0.1)")
+    p.add_argument("--counterfactual", type=float, default=0.5, metavar="P",
+                   help="probability that each lifecycle stratum of an episode is branched for oracle labels "
+                        "(default 0.5)")
     p.add_argument("--counterfactual-epochs", type=int, default=COUNTERFACTUAL_EPOCHS, metavar="K",
-                   help=f"epochs each rollout runs (default {COUNTERFACTUAL_EPOCHS})")
+                   help="horizon of each rollout in epochs (default: to the episode's end)")
     defaults = TrainOptions()
     p.add_argument("--hidden", type=int, default=defaults.hidden, help=f"MLP width (default {defaults.hidden})")
     p.add_argument("--max-epochs", type=int, default=defaults.max_epochs,

@@ -63,14 +63,14 @@ class CompareSpec:
     seeds: int = 3  # models per arm
     target: str = "oracle"
     online_episodes: int = 40  # fresh episodes each policy drives
-    dataset: str = "digits"
+    dataset: str = "digits_hard"
     data_dir: str | None = None
     epochs: int = 25
     seed: int = 0
     workers: int = 1
     engine: EngineOptions = field(default_factory=EngineOptions)  # where the packs' episodes run
-    counterfactual_fraction: float = 0.1
-    counterfactual_epochs: int = COUNTERFACTUAL_EPOCHS
+    counterfactual_fraction: float = 0.5
+    counterfactual_epochs: int | None = COUNTERFACTUAL_EPOCHS
     train: TrainOptions = field(default_factory=TrainOptions)
 
     def check(self) -> None:
@@ -206,8 +206,8 @@ def _model(spec: CompareSpec, pack: Pack, arm: str, seed: int, out: Path) -> Lea
 
 def _offline(pack: Pack, models: dict[str, list[LearnedPolicy]]) -> dict[str, Any]:
     names = sorted({n for arm in ARMS for m in models[arm] for n in m.feature_names})
-    test = pack.steps(split="test", columns=[*names, "episode_id", "action_mask", "best_action", "counterfactual"])
-    labelled = test.filter(test.column("best_action").is_valid())
+    test = pack.steps(split="test", columns=[*names, "episode_id", "action_mask", "best_actions", "counterfactual"])
+    labelled = test.filter(test.column("best_actions").is_valid())
     per_model = {m.name: _oracle_scores(m, labelled, pack) for arm in ARMS for m in models[arm]}
     agreement = {arm: _mean_over_seeds([per_model[m.name]["agreement"] for m in models[arm]]) for arm in ARMS}
     regret = {arm: _mean_over_seeds([per_model[m.name]["regret"] for m in models[arm]]) for arm in ARMS}
@@ -225,19 +225,19 @@ def _offline(pack: Pack, models: dict[str, list[LearnedPolicy]]) -> dict[str, An
 
 
 def _oracle_scores(policy: LearnedPolicy, labelled: pa.Table, pack: Pack) -> dict[str, dict[str, float]]:
-    """Per test episode: share of labelled steps where the policy picks the oracle's best action, and
-    the mean regret in accuracy points of the policy's choice under the same rollouts."""
+    """Per test episode: share of labelled steps where the policy picks one of the oracle's best actions
+    (a tie set), and the mean regret in points of value of the policy's choice under the same rollouts."""
     actions = list(pack.manifest.actions)
     mask = torch.tensor(labelled.column("action_mask").to_pylist(), dtype=torch.bool).reshape(-1, len(actions))
     chosen = policy.predict(policy.standardize(labelled, str(pack.path)), mask).tolist()
     agreement: dict[str, list[float]] = defaultdict(list)
     regret: dict[str, list[float]] = defaultdict(list)
-    rows = zip(labelled.column("episode_id").to_pylist(), labelled.column("best_action").to_pylist(),
+    rows = zip(labelled.column("episode_id").to_pylist(), labelled.column("best_actions").to_pylist(),
                labelled.column("counterfactual").to_pylist(), chosen, strict=True)
     for episode, best, rollouts, choice in rows:
-        accuracy = {r["action"]: r["accuracy"] for r in rollouts}
-        agreement[episode].append(float(actions[choice] == best))
-        regret[episode].append(accuracy[best] - accuracy[actions[choice]])
+        value = {r["action"]: r["value"] for r in rollouts}
+        agreement[episode].append(float(actions[choice] in best))
+        regret[episode].append(max(value.values()) - value[actions[choice]])
     return {"agreement": {e: float(np.mean(v)) for e, v in sorted(agreement.items())},
             "regret": {e: float(np.mean(v)) for e, v in sorted(regret.items())}}
 
