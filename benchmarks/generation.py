@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--dataset", default="digits")
+    p.add_argument("--dataset", default="digits_hard")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--breakdown-episodes", type=int, default=4)
     p.add_argument("--engine", choices=("local", "ray"), default="local",
