@@ -149,7 +149,7 @@ def test_train_saves_exactly_its_features_normalisation_and_provenance(diagnosti
     document = json.loads((out / "policy.json").read_text())
     manifest = json.loads((diagnostic / "manifest.json").read_text())
     names = manifest["profiles"]["minimal"]
-    assert document["feature_names"] == names and len(names) == 27
+    assert document["feature_names"] == names and len(names) == 27 + 14  # base block + lifecycle group
     assert all(manifest["feature_schema"]["features"][manifest["feature_schema"]["_index"][n]]["group"] in
                ("base", "history", "seed") for n in names)
 
