@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=25, help="epochs per episode (default 25)")
     p.add_argument("--seed", type=int, default=0, help="run seed of the pack; online episodes use seed + 1")
     p.add_argument("--counterfactual", type=float, default=0.5, metavar="P",
-                   help="probability that each lifecycle stratum of an episode is branched for oracle labels "
-                        "(default 0.5)")
+                   help="counterfactual labels: one dormant branch point per episode, and each live "
+                        "lifecycle stratum with probability P (default 0.5)")
     p.add_argument("--counterfactual-epochs", type=int, default=COUNTERFACTUAL_EPOCHS, metavar="K",
                    help="horizon of each rollout in epochs (default: to the episode's end)")
     defaults = TrainOptions()

@@ -70,9 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "written by `esper train`")
     p.add_argument("--epsilon", type=float, default=0.1, help="exploration rate of the heuristic")
     p.add_argument("--counterfactual", type=float, metavar="P",
-                   help="probability that each lifecycle stratum of an episode (dormant, training, blending, "
-                        "ramp complete) gets a branch point where every valid action is rolled out "
-                        "(default 0.5 with the heuristic policy, else 0)")
+                   help="counterfactual labels: with P > 0 every episode gets a branch point at a dormant "
+                        "slot, and each live stratum (training, blending, ramp complete) one with probability "
+                        "P; there every valid action is rolled out (default 0.5 with the heuristic policy, "
+                        "else 0)")
     p.add_argument("--counterfactual-epochs", type=int, default=COUNTERFACTUAL_EPOCHS, metavar="K",
                    help="horizon of each counterfactual rollout in epochs (default: to the episode's end)")
     p.add_argument("--counterfactual-continuation", default=CONTINUATIONS[0], choices=CONTINUATIONS,

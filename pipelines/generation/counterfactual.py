@@ -21,8 +21,10 @@ Continuations (recorded in the manifest):
 - `commit`: the commit schedule after every action.
 
 Branch points are stratified over the seed lifecycle (`stratum`): dormant (a free slot), training,
-blending and ramp_complete; `BranchPlan` gives each stratum of an episode its own chance, so every
-stratum gets labels, not only the dormant steps a uniform draw would mostly pick.
+blending and ramp_complete. `BranchPlan` gives every episode one dormant branch point (the first
+dormant decision from an epoch drawn among DORMANT_EPOCHS, where the choice of remedy is made) and
+each live stratum its own chance, so every stratum gets labels, not only the dormant steps a uniform
+draw would mostly pick.
 """
 
 from __future__ import annotations
@@ -103,8 +105,8 @@ def action_values(env: MorphogeneticEnv, valid: Sequence[Action], remedy: str | 
 
 @dataclass
 class BranchPlan:
-    """Which decisions of one episode are branched: each stratum, with probability `probability`,
-    at its first decision (the dormant one at an epoch drawn from DORMANT_EPOCHS, if still dormant)."""
+    """Which decisions of one episode are branched: with `probability` > 0, the first dormant decision
+    from an epoch drawn among DORMANT_EPOCHS, and each live stratum's first decision with `probability`."""
 
     rng: np.random.Generator
     probability: float
@@ -116,6 +118,7 @@ class BranchPlan:
     def __post_init__(self) -> None:
         draws = self.rng.random(len(STRATA))
         self.chosen = {s: bool(d < self.probability) for s, d in zip(STRATA, draws, strict=True)}
+        self.chosen["dormant"] = self.probability > 0
         last = max(DORMANT_EPOCHS[0], min(DORMANT_EPOCHS[1], self.epochs - 2))
         self.dormant_epoch = int(self.rng.integers(DORMANT_EPOCHS[0], last + 1))
 
@@ -124,7 +127,7 @@ class BranchPlan:
         where = stratum(env)
         if where is None or where in self.taken or not self.chosen[where]:
             return False
-        if where == "dormant" and env.epoch != self.dormant_epoch:
+        if where == "dormant" and env.epoch < self.dormant_epoch:
             return False
         self.taken.add(where)
         return True

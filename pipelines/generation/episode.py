@@ -54,7 +54,7 @@ class GenerationSpec:
     policy: str = "heuristic"  # a name in POLICIES, or a saved policy's directory
     policy_sha256: str | None = None  # a saved policy's weights checksum, so --resume cannot switch models
     epsilon: float = 0.1
-    counterfactual_fraction: float = 0.5  # probability that a lifecycle stratum of an episode is branched
+    counterfactual_fraction: float = 0.5  # > 0: a dormant branch point per episode; each live stratum's chance
     counterfactual_epochs: int | None = COUNTERFACTUAL_EPOCHS  # horizon; None: to the episode's end
     counterfactual_continuation: str = CONTINUATIONS[0]
     hindsight_epochs: int = HINDSIGHT_EPOCHS

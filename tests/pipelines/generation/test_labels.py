@@ -142,3 +142,17 @@ def test_ties_are_an_explicit_set_never_a_silent_wait():
         assert {"WAIT", "FOSSILIZE"} <= set(labels.best) and labels.best_action is None
     assert np.isfinite(list(labels.value.values())).all()
     env.close()
+
+
+def test_every_episode_gets_one_dormant_branch_point():
+    from pipelines.generation.episode import GenerationSpec, run_episode
+
+    data = load_dataset("synthetic", num_samples=300)
+    spec = GenerationSpec(load_config("minimal"), dataset="synthetic", epochs=8, rng_seed=4, epsilon=0.5,
+                          counterfactual_fraction=1e-9, counterfactual_epochs=1)
+    for index in range(3):
+        steps = run_episode(spec, index, data).steps
+        found = [s["counterfactual_stratum"] for s in steps if s["counterfactual"] is not None]
+        assert found == ["dormant"]  # one dormant point whatever the fraction; live strata at its chance
+    spec = GenerationSpec(load_config("minimal"), dataset="synthetic", epochs=8, counterfactual_fraction=0.0)
+    assert all(s["counterfactual"] is None for s in run_episode(spec, 0, data).steps)
