@@ -10,7 +10,8 @@ The library stands alone (it never imports `pipelines`). Its public surface:
   `SeedStatus` and `SeedStage` (what an environment reports about a seed);
 - packs: `PackWriter`, `open_pack`, `Pack`, `validate_pack`, `read_manifest`, `Manifest`
   (more in `telemetry.packs`);
-- errors: `EsperError` and its kinds `ConfigError`, `SchemaError`, `PackError`.
+- errors: `EsperError` and its kinds `ConfigError`, `SchemaError`, `PackError`;
+- input bounds: `read_json`, a JSON file bounded in size and nesting depth (telemetry/bounded.py).
 
 Names resolve lazily, so importing a pack reader does not import torch.
 """
@@ -43,6 +44,7 @@ _EXPORTS = {
     "ConfigError": "telemetry.errors",
     "SchemaError": "telemetry.errors",
     "PackError": "telemetry.errors",
+    "read_json": "telemetry.bounded",
 }
 
 __all__ = [
@@ -66,11 +68,13 @@ __all__ = [
     "open_pack",
     "profile_feature_names",
     "profile_names",
+    "read_json",
     "read_manifest",
     "validate_pack",
 ]
 
 if TYPE_CHECKING:
+    from telemetry.bounded import read_json
     from telemetry.config import TelemetryConfig, load_config, profile_names
     from telemetry.errors import ConfigError, EsperError, PackError, SchemaError
     from telemetry.feature_schema import FeatureSchema, FeatureSpec, build_feature_schema, profile_feature_names

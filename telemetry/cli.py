@@ -1,7 +1,10 @@
 """The pieces of the `esper` command line that belong to the library, and the one guard around it.
 
 Every command meets bad input the same way: one line on stderr naming what was wrong and what was
-expected, no traceback, exit status 2. `run` applies that to any set of subcommands; each
+expected, no traceback, exit status 2. Anything else that escapes a command (a bug) is one line
+too, naming the command and the exception, with exit status 1; the global `--debug` adds the
+traceback. Ctrl-C and SIGTERM print "interrupted" and exit 130 and 143, after the command's own
+clean-up ran. `run` applies that to any set of subcommands; each
 subcommand is registered by the part of the project it drives. The library's own commands are
 `esper inspect | query | validate` (telemetry/packs/cli.py) and `esper profiles`, which needs a
 model to count features on and so takes it from whoever assembles the CLI. The full `esper`
@@ -13,8 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from telemetry.config import load_config, profile_names
@@ -23,7 +30,10 @@ from telemetry.errors import EsperError
 if TYPE_CHECKING:
     from torch import nn
 
+EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 
@@ -35,8 +45,16 @@ class _Parser(argparse.ArgumentParser):
         raise EsperError(f"{self.prog}: {message}")
 
 
+def path_argument(text: str) -> str:
+    """argparse type of every path option: an empty string would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML file of overrides applied to the profile")
+    parser.add_argument("--config", metavar="FILE", type=path_argument,
+                        help="YAML file of overrides applied to the profile")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override, e.g. --set gradients.percentiles=[1,50,99] (repeatable)")
 
@@ -85,29 +103,85 @@ def profiles_registrar(reference_model: Callable[[], nn.Module], described_as: s
 
 def build_parser(registrars: Sequence[Registrar]) -> argparse.ArgumentParser:
     parser = _Parser(prog="esper", description="Telemetry and training-episode packs for morphogenetic policies.")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an internal error (before the command: esper --debug CMD)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for register in registrars:
         register(sub)
     return parser
 
 
-def run(argv: Sequence[str] | None, registrars: Sequence[Registrar]) -> int:
-    """Parse and run one command; bad input becomes one line on stderr and exit status 2."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that the command cleans up as on Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        args = build_parser(registrars).parse_args(argv)
-        return args.func(args)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(text: str) -> str:
+    """A message as one stderr line, whatever it quotes (a path or SQL with a newline in it)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _error(message: str) -> None:
+    print(f"esper: error: {_one_line(message)}", file=sys.stderr)
+
+
+def _command(args: argparse.Namespace | None) -> str:
+    if args is None:
+        return "esper"
+    words = [getattr(args, "command", None), getattr(args, f"{getattr(args, 'command', '')}_command", None)]
+    return " ".join(w for w in words if isinstance(w, str)) or "esper"
+
+
+def run(argv: Sequence[str] | None, registrars: Sequence[Registrar]) -> int:
+    """Parse and run one command: bad input is one stderr line and exit status 2, a bug one line and 1."""
+    args: argparse.Namespace | None = None
+    if hasattr(sys.stdout, "reconfigure"):  # a path that is not UTF-8 prints as the bytes it was
+        sys.stdout.reconfigure(errors="surrogateescape")
+    try:
+        with _sigterm_interrupts():
+            args = build_parser(registrars).parse_args(argv)
+            return args.func(args)
     except EsperError as exc:
-        print(f"esper: error: {exc}", file=sys.stderr)
+        _error(str(exc))
+        if getattr(args, "debug", False):
+            traceback.print_exc()
         return EXIT_BAD_INPUT
     except BrokenPipeError:
         return 0
     except OSError as exc:  # a path given that cannot be created, read or written (not a directory, ...)
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"esper: error: {where}{' '.join((exc.strerror or str(exc)).split())}", file=sys.stderr)
+        _error(f"{where}{' '.join((exc.strerror or str(exc)).split())}")
+        if getattr(args, "debug", False):
+            traceback.print_exc()
         return EXIT_BAD_INPUT
+    except Terminated:
+        print("esper: interrupted (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("esper: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place any bug becomes one line instead of a traceback
+        cause = " ".join(str(exc).split())[:300] or "no message"
+        _error(f"{_command(args)}: internal error ({type(exc).__name__}: {cause})"
+               + ("" if getattr(args, "debug", False) else "; `esper --debug ...` prints the traceback"))
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        return EXIT_INTERNAL
 
 
 def library_registrars() -> list[Registrar]:

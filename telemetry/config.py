@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from telemetry.bounded import MAX_YAML_BYTES, check_size, check_yaml_events, read_text
 from telemetry.errors import ConfigError
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -38,6 +39,9 @@ class GradientConfig(BaseModel):
     full_histogram: bool = False
     sample_size: int = Field(default=65536, ge=1024, le=1 << 22)
     every_n_batches: int = Field(default=1, ge=1, le=10000)
+    # false: per batch a fixed few kernels, std mean and shares from the element sample (stated bounds);
+    # true: every element of every batch (exact, a growing number of kernels; for tests and audits)
+    exact: bool = False
 
     @field_validator("percentiles")
     @classmethod
@@ -113,8 +117,28 @@ class TelemetryConfig(BaseModel):
     track_activation_stats: bool = False
 
 
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """A mapping names a key twice: configs are strict, so the second is not allowed to win silently."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-7` as a float (YAML 1.1 insists on `1.0e-7`)."""
+    """SafeLoader that also reads `1e-7` as a float (YAML 1.1 insists on `1.0e-7`) and refuses a key
+    given twice in one mapping (merge keys `<<` still override as YAML defines)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class names it
+                break
+            if first is not key_node:
+                raise _DuplicateKey(None, None, f"duplicate key {key!r} (first given on line "
+                                    f"{first.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -125,9 +149,20 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML safely; a syntax error names the source, line and column."""
+    """Parse YAML safely; a syntax error names the source, line and column.
+
+    The text is bounded in size, and its values (aliases expanded) in depth and number, before any
+    value is built (telemetry/bounded.py): a deep or self-repeating document is one line, never a
+    RecursionError or an exhausted memory.
+    """
+    check_size(len(text.encode("utf-8", "surrogatepass")), MAX_YAML_BYTES, source, ConfigError)
     try:
+        check_yaml_events(yaml.parse(text, Loader=_Loader), source, ConfigError)
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _DuplicateKey as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(f"{where}: {exc.problem}; a config gives each key once") from None
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -140,6 +175,8 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ConfigError(f"{source}: {str(exc).split(':')[0]}; expected a number of a sensible size") from None
 
 
 def _tag(problem: str | None) -> str:
@@ -170,7 +207,7 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def _read_override_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, MAX_YAML_BYTES, ConfigError)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -217,17 +254,36 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     path = tuple(err["loc"])
     dotted = ".".join(str(p) for p in path) or "(top level)"
+    dotted = dotted if len(dotted) <= 80 else dotted[:77] + "..."
     kind = err["type"]
     if kind == "extra_forbidden":
         hint = _closest_key(TelemetryConfig, path)
         suffix = f"; did you mean {'.'.join([*map(str, path[:-1]), hint])!r}?" if hint else ""
         return f"{source}: unknown key {dotted!r}{suffix}"
-    value = err.get("input")
+    value = _short(err.get("input"))
     if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
         return f"{source}: {dotted} = {value!r} is out of range; expected {_bound(err.get('ctx', {}))}"
     if kind == "value_error":
         return f"{source}: {dotted}: {err['ctx']['error']}"
     return f"{source}: {dotted} = {value!r}: {err['msg'].lower()}"
+
+
+class _Shown:
+    """A value as an error line shows it: its repr, cut to a readable length (it may be huge)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _short(value: Any, limit: int = 80) -> Any:
+    try:
+        text = repr(value)
+    except RecursionError:  # a value that contains itself
+        text = "<a value that contains itself>"
+    return _Shown(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def load_config(
@@ -242,12 +298,21 @@ def load_config(
     data = _deep_merge({"profile_name": profile}, profiles[profile])
     source = f"profile {profile!r}"
     if config_file is not None:
-        data = _deep_merge(data, _read_override_file(config_file))
+        data = _deep_merge(data, _not_renaming(_read_override_file(config_file), str(config_file)))
         source = str(config_file)
     for assignment in overrides:
-        data = _deep_merge(data, parse_assignment(assignment))
+        data = _deep_merge(data, _not_renaming(parse_assignment(assignment), "--set"))
         source = "--set"
     return validate_config(data, source)
+
+
+def _not_renaming(override: dict[str, Any], source: str) -> dict[str, Any]:
+    """`profile_name` records which profile the features came from; an override that changed it would
+    label a pack of one profile's features as another's, so it is not an override."""
+    if "profile_name" in override:
+        raise ConfigError(f"{source}: profile_name cannot be overridden (it names the profile the config "
+                          "starts from); choose the profile itself (--profile, or the profile argument)")
+    return override
 
 
 def validate_config(data: Any, source: str = "config") -> TelemetryConfig:

@@ -74,8 +74,11 @@ class DiagnosticTracker:
 
     # ---- during the step ---------------------------------------------------------------------
     def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Record one optimizer step's batch. Call after `loss.backward()`, while gradients exist."""
+        """Record one optimizer step's batch. Call after `loss.backward()`, while gradients exist.
+
+        Probes receive the loss detached (once, here), so nothing they keep holds the graph alive."""
         self._follow(loss.device)
+        loss = loss.detach()
         for probe in self.probes:
             probe.train_batch(loss, logits, targets, self._batch)
         self._batch += 1

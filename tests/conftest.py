@@ -1,5 +1,10 @@
 import pytest
 import torch
+from hypothesis import settings
+
+# `pytest --hypothesis-profile=long` (the hypothesis plugin's option) runs the fuzz tests at 20 times
+# their default size (tests/support/fuzzing.py); README, "Reliability", records the last such run.
+settings.register_profile("long", deadline=None, print_blob=True)
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,8 @@ import sys
 
 from pipelines.environment.datasets import DATASETS, WITH_TEST_SPLIT
 from pipelines.generation.cli import add_engine_arguments, engine_options
-from pipelines.generation.episode import COUNTERFACTUAL_EPOCHS
 from pipelines.training.train import TARGETS, TrainOptions
+from telemetry.cli import path_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,22 +18,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="profile of the pack and the candidate (default diagnostic)")
     p.add_argument("--episodes", type=int, help="episodes in the training pack (needed unless --pack is given)")
     p.add_argument("--seeds", type=int, required=True, help="models trained per arm")
-    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="report folder (an interrupted run resumes)")
-    p.add_argument("--pack", metavar="PACK", help="reuse this candidate-profile pack instead of generating one")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR", type=path_argument,
+                   help="report folder (an interrupted run resumes)")
+    p.add_argument("--pack", metavar="PACK", type=path_argument,
+                   help="reuse this candidate-profile pack instead of generating one")
     p.add_argument("--target", default="oracle", choices=TARGETS, help="training target (default oracle)")
     p.add_argument("--online-episodes", type=int, default=40, metavar="M",
                    help="fresh episodes each policy drives (default 40)")
     p.add_argument("--workers", type=int, default=1, help="parallel episode workers")
     add_engine_arguments(p)
-    p.add_argument("--dataset", default="digits_hard", choices=DATASETS)
-    p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10's python batch files are")
-    p.add_argument("--epochs", type=int, default=25, help="epochs per episode (default 25)")
-    p.add_argument("--seed", type=int, default=0, help="run seed of the pack; online episodes use seed + 1")
-    p.add_argument("--counterfactual", type=float, default=0.5, metavar="P",
-                   help="counterfactual labels: one dormant branch point per episode, and each live "
-                        "lifecycle stratum with probability P (default 0.5)")
-    p.add_argument("--counterfactual-epochs", type=int, default=COUNTERFACTUAL_EPOCHS, metavar="K",
-                   help="horizon of each rollout in epochs (default: to the episode's end)")
+    pack_s = "; with --pack, the pack's, and another value is refused"
+    p.add_argument("--dataset", choices=DATASETS, help=f"dataset of the episodes (default digits_hard{pack_s})")
+    p.add_argument("--data-dir", metavar="DIR", type=path_argument, help="where CIFAR-10's python batch files are")
+    p.add_argument("--epochs", type=int, help=f"epochs per episode (default 25{pack_s})")
+    p.add_argument("--seed", type=int,
+                   help=f"run seed of the pack; online episodes use seed + 1 (default 0{pack_s})")
+    p.add_argument("--counterfactual", type=float, metavar="P",
+                   help="counterfactual labels: one dormant branch point per episode, and each live lifecycle "
+                        f"stratum with probability P (default 0.5{pack_s})")
+    p.add_argument("--counterfactual-epochs", type=int, metavar="K",
+                   help=f"horizon of each rollout in epochs (default: to the episode's end{pack_s})")
     defaults = TrainOptions()
     p.add_argument("--hidden", type=int, default=defaults.hidden, help=f"MLP width (default {defaults.hidden})")
     p.add_argument("--max-epochs", type=int, default=defaults.max_epochs,
@@ -44,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
     q = sub.add_parser("pool", help="read replicates of `esper compare` (different --seed) as one answer")
-    q.add_argument("reports", nargs="+", metavar="REPORT_DIR")
+    q.add_argument("reports", nargs="+", metavar="REPORT_DIR", type=path_argument)
     q.add_argument("--json", action="store_true", help="the pooled summaries as JSON instead of a table")
     q.set_defaults(func=cmd_pool)
 
@@ -62,7 +66,7 @@ def _register_control_check(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0, help="run seed; episode e depends only on (seed, e)")
     c.add_argument("--dataset", default=d.dataset, choices=DATASETS,
                    help=f"needs a held-out test split (default {d.dataset})")
-    c.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10's python batch files are")
+    c.add_argument("--data-dir", metavar="DIR", type=path_argument, help="where CIFAR-10's python batch files are")
     c.add_argument("--germinate-at", type=int, default=d.germinate_at,
                    help=f"epoch the fixed schedules germinate at (default {d.germinate_at})")
     c.add_argument("--train-epochs", type=int, default=d.train_epochs,
@@ -121,6 +125,8 @@ def cmd_control_check(args: argparse.Namespace) -> int:
     for name, least in (("episodes", 1), ("epochs", 2), ("workers", 1)):
         if getattr(args, name) < least:
             raise EsperError(f"--{name} must be >= {least}, got {getattr(args, name)}")
+    if args.seed < 0:  # episode streams are numpy SeedSequences, which take non-negative integers only
+        raise EsperError(f"--seed must be >= 0, got {args.seed}")
     if not 0 <= args.germinate_at < args.epochs - 1:
         raise EsperError(f"--germinate-at must be a decision epoch in [0, {args.epochs - 2}], "
                          f"got {args.germinate_at}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,16 +35,18 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipelines.environment.morphogenetic_env import EnvOptions
+from pipelines.environment.host import HostCNN
+from pipelines.environment.morphogenetic_env import SLOT, EnvOptions
 from pipelines.experiment.bootstrap import RESAMPLES, SEED, bootstrap_ci
+from pipelines.experiment.report import claim_report_folder
 from pipelines.generation.engine import EngineOptions
-from pipelines.generation.episode import COUNTERFACTUAL_EPOCHS, GenerationSpec
-from pipelines.generation.generate import generate
+from pipelines.generation.episode import COUNTERFACTUAL_EPOCHS, GenerationSpec, episode_id
+from pipelines.generation.generate import check_spec, generate
 from pipelines.policies.learned_policy import LearnedPolicy, prepare
 from pipelines.training.metrics import balanced_accuracy
 from pipelines.training.train import TARGETS, TrainError, TrainOptions, train_policy
-from telemetry import EsperError, load_config, profile_names
-from telemetry.packs import MANIFEST_NAME, Pack, file_sha256, open_pack
+from telemetry import EsperError, load_config, profile_feature_names, profile_names
+from telemetry.packs import DEFAULT_SPLITS, MANIFEST_NAME, Pack, file_sha256, open_pack, split_of
 
 ARMS = ("baseline", "candidate")
 REFERENCES = ("heuristic", "never")
@@ -55,6 +57,14 @@ class CompareError(EsperError):
     """Settings or a pack the comparison cannot run with."""
 
 
+# How the training pack is generated: with `pack=` these are the pack's, and a value given that
+# differs is refused (it would be recorded, but change nothing). CompareSpec field -> GenerationSpec field.
+PACK_SETTINGS = {"dataset": "dataset", "epochs": "epochs", "seed": "rng_seed",
+                 "counterfactual_fraction": "counterfactual_fraction", "counterfactual_epochs": "counterfactual_epochs"}
+GENERATION_DEFAULTS = {"dataset": "digits_hard", "epochs": 25, "seed": 0, "counterfactual_fraction": 0.5,
+                       "counterfactual_epochs": COUNTERFACTUAL_EPOCHS}  # None: rollouts to the episode's end
+
+
 @dataclass(frozen=True)
 class CompareSpec:
     baseline: str = "minimal"
@@ -63,14 +73,14 @@ class CompareSpec:
     seeds: int = 3  # models per arm
     target: str = "oracle"
     online_episodes: int = 40  # fresh episodes each policy drives
-    dataset: str = "digits_hard"
+    dataset: str | None = None  # None: GENERATION_DEFAULTS, or the pack's with `pack=` (PACK_SETTINGS)
     data_dir: str | None = None
-    epochs: int = 25
-    seed: int = 0
+    epochs: int | None = None
+    seed: int | None = None
     workers: int = 1
     engine: EngineOptions = field(default_factory=EngineOptions)  # where the packs' episodes run
-    counterfactual_fraction: float = 0.5
-    counterfactual_epochs: int | None = COUNTERFACTUAL_EPOCHS
+    counterfactual_fraction: float | None = None
+    counterfactual_epochs: int | None = None
     train: TrainOptions = field(default_factory=TrainOptions)
 
     def check(self) -> None:
@@ -80,6 +90,12 @@ class CompareSpec:
                                    f"({', '.join(profile_names())})")
         if self.baseline == self.candidate:
             raise CompareError(f"--baseline and --candidate are both {self.baseline!r}; expected two profiles")
+        features = profile_feature_names(HostCNN(3, 10, slots=(SLOT,)), 10)
+        lacking = [n for n in features[self.baseline] if n not in set(features[self.candidate])]
+        if lacking:  # refused now, not after a whole candidate-profile pack was generated
+            raise CompareError(f"--baseline {self.baseline} records {len(lacking)} feature(s) that --candidate "
+                               f"{self.candidate} lacks (e.g. {lacking[0]!r}); the candidate's pack must hold both "
+                               "arms' features: make the candidate the richer profile")
         if self.target not in TARGETS:
             raise CompareError(f"--target {self.target!r}; expected one of: {', '.join(TARGETS)}")
         for name in ("seeds", "online_episodes", "workers"):
@@ -88,16 +104,30 @@ class CompareSpec:
         self.train.check()
         self.engine.check()
 
+    def with_defaults(self) -> CompareSpec:
+        """Settings not given take the generation defaults (no pack to take them from)."""
+        return replace(self, **{k: v for k, v in GENERATION_DEFAULTS.items() if getattr(self, k) is None})
+
+    def generation(self) -> GenerationSpec:
+        return GenerationSpec(config=load_config(self.candidate), dataset=self.dataset, data_dir=self.data_dir,
+                              rng_seed=self.seed, epochs=self.epochs,
+                              counterfactual_fraction=self.counterfactual_fraction,
+                              counterfactual_epochs=self.counterfactual_epochs)
+
 
 Progress = Callable[[str], None]
 
 
 def run_compare(spec: CompareSpec, out: str | Path, pack: str | Path | None = None,
                 say: Progress = print, show_progress: bool = True) -> dict[str, Any]:
+    """Every setting and a given pack are checked before anything is written under `out`."""
     spec.check()
     out = Path(out)
+    given = _given_pack(spec, pack) if pack is not None else None
+    spec = _settled(spec, given) if given is not None else _checked_generation(spec.with_defaults())
+    claim_report_folder(out)
     say(f"[1/5] pack: {pack or out / 'pack'}")
-    training = _training_pack(spec, out, pack, show_progress)
+    training = given or _generated_pack(spec, out, show_progress)
     generation = _generation(training)
     say(f"[2/5] training {spec.seeds} seed(s) x {len(ARMS)} arms on {training.path}")
     models = {arm: [_model(spec, training, arm, s, out) for s in range(spec.seeds)] for arm in ARMS}
@@ -123,21 +153,55 @@ def run_compare(spec: CompareSpec, out: str | Path, pack: str | Path | None = No
 
 # ---- phase 1: the pack ---------------------------------------------------------------------------
 
-def _training_pack(spec: CompareSpec, out: Path, pack: str | Path | None, show_progress: bool) -> Pack:
-    if pack is None:
-        if spec.episodes is None or spec.episodes < 1:
-            given = "missing" if spec.episodes is None else f"{spec.episodes}"
-            raise CompareError(f"--episodes is {given}; expected >= 1 episodes to generate the pack, or --pack "
-                               "to reuse one")
-        gen = GenerationSpec(config=load_config(spec.candidate), dataset=spec.dataset, data_dir=spec.data_dir,
-                             rng_seed=spec.seed, epochs=spec.epochs,
-                             counterfactual_fraction=spec.counterfactual_fraction,
-                             counterfactual_epochs=spec.counterfactual_epochs)
-        path = out / "pack"
-        generate(gen, path, spec.episodes, workers=spec.workers, resume=(path / MANIFEST_NAME).exists(),
-                 show_progress=show_progress, engine=spec.engine)
-        pack = path
-    opened = open_pack(pack)
+def _checked_generation(spec: CompareSpec) -> CompareSpec:
+    if spec.episodes is None or spec.episodes < 1:
+        given = "missing" if spec.episodes is None else f"{spec.episodes}"
+        raise CompareError(f"--episodes is {given}; expected >= 1 episodes to generate the pack, or --pack "
+                           "to reuse one")
+    try:
+        check_spec(spec.generation(), spec.episodes, spec.workers, spec.engine)
+    except EsperError as exc:
+        raise CompareError(str(exc)) from None
+    missing, index = set(DEFAULT_SPLITS), 0  # splits are a hash of the episode id: known before generating
+    while missing and index < spec.episodes:
+        missing.discard(split_of(episode_id(index), DEFAULT_SPLITS))
+        index += 1
+    if missing:
+        raise CompareError(f"--episodes {spec.episodes} puts no episode in the {' and '.join(sorted(missing))} "
+                           "split(s), which training and evaluation need; generate more episodes")
+    return spec
+
+
+def _generated_pack(spec: CompareSpec, out: Path, show_progress: bool) -> Pack:
+    path = out / "pack"
+    generate(spec.generation(), path, spec.episodes, workers=spec.workers,
+             resume=(path / MANIFEST_NAME).exists(), show_progress=show_progress, engine=spec.engine)
+    return _checked_pack(spec, open_pack(path))
+
+
+def _given_pack(spec: CompareSpec, pack: str | Path) -> Pack:
+    return _checked_pack(spec, open_pack(pack))
+
+
+def _settled(spec: CompareSpec, pack: Pack) -> CompareSpec:
+    """The spec with the pack's generation settings; a given setting that differs is refused, as it
+    would be recorded without changing anything (replicates that differed in name only)."""
+    generation = _generation(pack)
+    used = {name: generation.get(key) for name, key in PACK_SETTINGS.items()}
+    for name, value in used.items():
+        given = getattr(spec, name)
+        if given is not None and given != value:
+            flag = "--" + {"counterfactual_fraction": "counterfactual"}.get(name, name).replace("_", "-")
+            raise CompareError(f"{flag} {given} conflicts with --pack {pack.path}, generated with {value}; leave "
+                               f"{flag} out to use the pack's (or generate a pack with it)")
+    episodes = pack.manifest.quick_stats.episodes
+    if spec.episodes is not None and spec.episodes != episodes:
+        raise CompareError(f"--episodes {spec.episodes} conflicts with --pack {pack.path}, which holds {episodes}; "
+                           "leave --episodes out with --pack")
+    return replace(spec, episodes=episodes, **used)
+
+
+def _checked_pack(spec: CompareSpec, opened: Pack) -> Pack:
     have = set(opened.manifest.feature_schema.index)
     for arm in ARMS:
         wanted = opened.manifest.profiles.get(getattr(spec, arm))

@@ -13,13 +13,14 @@ variation. With few replicates that interval is wide; that is the honest width.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from pipelines.experiment.bootstrap import RESAMPLES, SEED, hierarchical_ci
 from pipelines.experiment.compare import FORMAT
 from pipelines.experiment.report import ci
-from telemetry import EsperError
+from telemetry import EsperError, read_json
 
 # (label, path into results.json to a summary with by_episode, scale for printing)
 MEASURES = (
@@ -42,16 +43,40 @@ class PoolError(EsperError):
 
 
 def read_results(folder: str | Path) -> dict[str, Any]:
+    """A replicate's results.json, bounded in size and depth, with every value `pool` reads checked."""
     path = Path(folder) / "results.json"
     if not path.is_file():
         raise PoolError(f"{folder}: no results.json; expected a folder written by `esper compare`")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PoolError(f"{path}: not valid JSON ({exc})") from None
+    results = read_json(path, PoolError)
     if not isinstance(results, dict) or results.get("format") != FORMAT:
         raise PoolError(f"{path}: not an `esper compare` result (format {FORMAT!r} expected)")
+    settings = results.get("settings")
+    if not isinstance(settings, dict) or not isinstance(settings.get("seed"), int):
+        raise PoolError(f"{path}: 'settings' is missing or has no integer 'seed'; expected a results.json "
+                        "written by `esper compare`")
+    for _, keys, _ in MEASURES:
+        _check_summary(_at(results, keys, path), ".".join(keys), path)
     return results
+
+
+def _check_summary(node: Any, where: str, path: Path) -> None:
+    expected = "expected a summary written by `esper compare`"
+    if not isinstance(node, dict):
+        raise PoolError(f"{path}: {where} is not an object; {expected}")
+    values = node.get("by_episode")
+    if not isinstance(values, dict) or not values or not all(_finite(v) for v in values.values()):
+        raise PoolError(f"{path}: {where}.by_episode is missing, empty or holds a value that is not a finite "
+                        f"number; {expected}")
+    for key in ("mean", "low", "high"):
+        if node.get(key) is not None and not _finite(node.get(key)):
+            raise PoolError(f"{path}: {where}.{key} is {node.get(key)!r}; {expected}")
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def pool(reports: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -67,6 +92,7 @@ def pool(reports: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     seeds = [r["settings"]["seed"] for r in reports]
     if len(set(seeds)) != len(seeds):
         raise PoolError(f"replicates share a run seed ({seeds}); each must have its own --seed")
+    _refuse_identical(reports, names)
     measures = {}
     for label, path, scale in MEASURES:
         groups = [list(_at(r, path)["by_episode"].values()) for r in reports]
@@ -80,11 +106,27 @@ def pool(reports: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
             "measures": measures}
 
 
-def _at(results: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+def _at(results: dict[str, Any], keys: tuple[str, ...], path: Path | None = None) -> Any:
     node: Any = results
-    for key in path:
+    for i, key in enumerate(keys):
+        if not isinstance(node, dict) or key not in node:
+            raise PoolError(f"{path or 'results.json'}: no {'.'.join(keys[:i + 1])!r}; expected a results.json "
+                            "written by `esper compare`")
         node = node[key]
     return node
+
+
+def _refuse_identical(reports: list[dict[str, Any]], names: list[str]) -> None:
+    """Two replicates with the same per-episode values are one experiment counted twice (a report
+    copied, or a comparison that reused one pack under two seeds): pooling them narrows the interval
+    for nothing."""
+    seen: dict[str, str] = {}
+    for name, report in zip(names, reports, strict=True):
+        data = json.dumps([_at(report, keys)["by_episode"] for _, keys, _ in MEASURES], sort_keys=True)
+        if data in seen:
+            raise PoolError(f"{name} and {seen[data]} hold identical per-episode values: the same data twice, "
+                            "not two replicates (each replicate needs its own training pack and episodes)")
+        seen[data] = name
 
 
 def markdown(pooled: dict[str, Any]) -> str:

@@ -9,11 +9,34 @@ it against the per-episode values.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+from telemetry import EsperError
+from telemetry.packs import MANIFEST_NAME
+
 ARM_ORDER = ("baseline", "candidate", "heuristic", "never")
 COLOURS = {"baseline": "#4C72B0", "candidate": "#DD8452", "heuristic": "#55A868", "never": "#8C8C8C"}
+MARKER = ".esper-compare"  # in a report folder: written by `esper compare`, so a rerun may resume there
+
+
+def claim_report_folder(out: Path) -> None:
+    """The report folder: absent, empty, or one an earlier `esper compare` wrote (it resumes there);
+    never a pack or a folder of someone else's, which models, plots and reports would be mixed into."""
+    if out.is_symlink() and not out.exists():
+        raise EsperError(f"--out {out}: a symbolic link to {os.readlink(out)!r}, which does not exist; "
+                         "expected an absent or empty folder")
+    if out.exists():
+        if not out.is_dir():
+            raise EsperError(f"--out {out}: exists and is not a folder; expected an absent or empty folder")
+        if (out / MANIFEST_NAME).exists():
+            raise EsperError(f"--out {out}: is a pack; --out is the report folder (--pack reuses a pack)")
+        if any(out.iterdir()) and not (out / MARKER).is_file():
+            raise EsperError(f"--out {out}: exists, is not empty and was not written by `esper compare` (no "
+                             f"{MARKER}); choose an absent or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("esper-compare\n", encoding="utf-8")
 
 
 def write_report(results: dict[str, Any], out: str | Path) -> Path:

@@ -46,18 +46,19 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from telemetry.cli import add_config_arguments
+    from telemetry.cli import add_config_arguments, path_argument
 
     p = sub.add_parser("generate", help="run episodes of the morphogenetic environment into a pack")
     p.add_argument("--profile", default="diagnostic", help="telemetry profile (default: diagnostic)")
     p.add_argument("--episodes", type=int, required=True, help="episodes the pack should hold")
-    p.add_argument("--out", required=True, metavar="PACK", help="pack directory to create (or resume)")
+    p.add_argument("--out", required=True, metavar="PACK", type=path_argument,
+                   help="pack directory to create (or resume)")
     p.add_argument("--workers", type=int,
                    help="episodes at once, one torch thread each (default: 1 on the local pool, what the "
                         f"cluster holds with --engine ray; capped at what this machine holds: {os.cpu_count()} CPUs)")
     p.add_argument("--epochs", type=int, default=25, help="epochs per episode, epoch 0 included (default 25)")
     p.add_argument("--dataset", default="digits_hard", choices=DATASETS)
-    p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10's python batch files are")
+    p.add_argument("--data-dir", metavar="DIR", type=path_argument, help="where CIFAR-10's python batch files are")
     p.add_argument("--seed", type=int, default=0, help="run seed; episode i depends only on (seed, i)")
     add_config_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -39,8 +39,16 @@ from pipelines.generation.episode import POLICIES, GenerationSpec, episode_id
 from pipelines.generation.episode_task import EpisodeTask, one_thread
 from pipelines.generation.progress import Progress
 from pipelines.policies.learned_policy import POLICY_FILE, LearnedPolicy
-from telemetry import EsperError, FeatureSchema, build_feature_schema, profile_feature_names
-from telemetry.packs import MANIFEST_NAME, Manifest, PackWriter, read_manifest, recover_interrupted_create
+from telemetry import EsperError, FeatureSchema, PackError, build_feature_schema, profile_feature_names
+from telemetry.packs import (
+    MANIFEST_NAME,
+    Manifest,
+    PackWriter,
+    broken_current,
+    read_manifest,
+    recover_interrupted_create,
+    repair_current,
+)
 
 # Settings that may differ between a run and its --resume without changing any episode's content.
 _RESUME_FREE = ("data_dir",)
@@ -97,7 +105,7 @@ def check_spec(spec: GenerationSpec, episodes: int, workers: int | None,
                               f"of {', '.join(CONTINUATIONS)}")
     if spec.hindsight_epochs < 1:
         raise GenerationError(f"--hindsight-epochs must be >= 1, got {spec.hindsight_epochs}")
-    if spec.policy not in POLICIES and not (Path(spec.policy) / POLICY_FILE).is_file():
+    if spec.policy not in POLICIES and (not spec.policy.strip() or not (Path(spec.policy) / POLICY_FILE).is_file()):
         raise GenerationError(f"--policy {spec.policy!r}: expected {', '.join(POLICIES)}, or a policy directory "
                               "written by `esper train`")
     unknown = [s for s in spec.scenarios if s not in SCENARIOS]
@@ -261,18 +269,26 @@ def _with_learned_policy(spec: GenerationSpec, schema: FeatureSchema) -> Generat
 
 def _open(out: Path, spec: GenerationSpec, schema: FeatureSchema, host: HostCNN, dataset: Dataset,
           episodes: int, resume: bool) -> PackWriter:
+    if resume and not recover_interrupted_create(out):
+        repair_current(out)  # a lost `current`: the pack is its last complete commit again, never recreated
     if (out / MANIFEST_NAME).exists():
         if not resume:
             raise GenerationError(f"{out}: a pack already exists there; pass --resume to complete it to "
                                   f"{episodes} episodes, or choose another --out")
         _check_resumable(out, read_manifest(out), spec)
         return PackWriter.open_append(out, spec.config, schema)
-    if resume:
-        recover_interrupted_create(out)
+    if out.is_dir() and broken_current(out):
+        raise GenerationError(broken_current(out))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GenerationError(f"{out}: exists and is not a pack (no {MANIFEST_NAME}); choose another --out")
-    return PackWriter.create(out, spec.config, schema, provenance=_provenance(spec, host, dataset, episodes),
-                             profiles=profile_feature_names(host, dataset.num_classes))
+    try:
+        return PackWriter.create(out, spec.config, schema, provenance=_provenance(spec, host, dataset, episodes),
+                                 profiles=profile_feature_names(host, dataset.num_classes))
+    except PackError:
+        if (out / MANIFEST_NAME).exists() or (out.is_dir() and any(out.iterdir())):  # another run won the race
+            raise GenerationError(f"{out}: another run created a pack there meanwhile; pass --resume to "
+                                  f"complete it to {episodes} episodes, or choose another --out") from None
+        raise
 
 
 def _check_resumable(out: Path, manifest: Manifest, spec: GenerationSpec) -> None:

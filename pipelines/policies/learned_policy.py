@@ -35,10 +35,13 @@ from torch import nn
 
 from pipelines.environment.actions import ACTION_NAMES, Action
 from pipelines.policies.heuristic import Decision
-from telemetry import EsperError
+from telemetry import EsperError, read_json
 from telemetry.packs import file_sha256
 
 FORMAT = "esper-policy/1"
+MAX_POLICY_BYTES = 64 << 20  # names, centre and scale of a few thousand features, and the training report
+MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights, 800 MB with AdamW's moments and the gradients
+MAX_LAYERS = 64
 POLICY_FILE, WEIGHTS_FILE = "policy.json", "weights.pt"
 CLIP = 10.0
 
@@ -63,6 +66,12 @@ class PolicyNet(nn.Module):
         """Logits; invalid actions (mask False) get -inf so they are never chosen nor trained toward."""
         logits = self.body(x)
         return logits if mask is None else logits.masked_fill(~mask, float("-inf"))
+
+
+def network_parameters(inputs: int, actions: int, hidden: int, layers: int) -> int:
+    """Weights and biases of `PolicyNet(inputs, actions, hidden, layers)`, counted before it is built."""
+    sizes = [inputs] + [hidden] * layers + [actions]
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
 
 
 def prepare(features: torch.Tensor) -> torch.Tensor:
@@ -220,10 +229,7 @@ def _read_document(root: Path) -> dict[str, Any]:
     if not path.is_file():
         raise PolicyError(f"{root}: not a saved policy (no {POLICY_FILE}); expected a directory written by "
                           "`esper train`")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PolicyError(f"{path}: not valid JSON ({exc})") from None
+    document = read_json(path, PolicyError, limit=MAX_POLICY_BYTES)
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise PolicyError(f"{path}: format is {found!r}; expected {FORMAT!r}")
@@ -245,6 +251,9 @@ def _read_document(root: Path) -> dict[str, Any]:
     network = document["network"]
     if set(network) != _NETWORK_KEYS or not all(type(v) is int and v > 0 for v in network.values()):
         raise PolicyError(f"{path}: 'network' must give positive integers {sorted(_NETWORK_KEYS)}, got {network}")
+    if network["layers"] > MAX_LAYERS or network_parameters(**network) > MAX_PARAMETERS:
+        raise PolicyError(f"{path}: 'network' {network} has more than {MAX_LAYERS} layers or "
+                          f"{MAX_PARAMETERS:,} parameters; expected a network written by `esper train`")
     if network["actions"] != len(document["actions"]):
         raise PolicyError(f"{path}: the network has {network['actions']} outputs for {len(document['actions'])} "
                           "actions")
@@ -255,7 +264,10 @@ _NETWORK_KEYS = {"inputs", "actions", "hidden", "layers"}
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+    try:
+        return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(float(value)))
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def _number(value: Any) -> float:

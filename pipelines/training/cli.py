@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 
 from pipelines.training.train import TARGETS, TrainOptions
+from telemetry.cli import path_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a policy on a pack's decision steps")
-    p.add_argument("pack", metavar="PACK")
+    p.add_argument("pack", metavar="PACK", type=path_argument)
     p.add_argument("--features", required=True, metavar="SELECTION",
                    help="a profile (slices the pack to that profile's features), 'all', groups or feature "
                         "names, comma-separated")
     p.add_argument("--target", required=True, choices=TARGETS,
                    help="heuristic: imitate the behaviour policy; oracle: the counterfactual best action")
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory to write (must not exist)")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", type=path_argument,
+                   help="directory to write (must not exist)")
     p.add_argument("--seed", type=int, default=0)
     defaults = TrainOptions()
     p.add_argument("--hidden", type=int, default=defaults.hidden, help="hidden layer width")
@@ -30,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from pipelines.policies.learned_policy import PolicyError
@@ -37,6 +40,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from telemetry.packs import open_pack
 
     out = Path(args.out)
+    if out.is_symlink():
+        raise PolicyError(f"--out {out}: a symbolic link (to {os.readlink(out)!r}); expected an absent or empty "
+                          "directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PolicyError(f"--out {out}: exists and is not empty; choose another directory")
     options = TrainOptions(hidden=args.hidden, layers=args.layers, max_epochs=args.max_epochs,

@@ -28,7 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.policies.learned_policy import LearnedPolicy, PolicyNet, prepare
+from pipelines.policies.learned_policy import (
+    MAX_LAYERS,
+    MAX_PARAMETERS,
+    LearnedPolicy,
+    PolicyNet,
+    network_parameters,
+    prepare,
+)
 from pipelines.training.metrics import ClassificationReport, classification_report
 from telemetry import EsperError
 from telemetry.packs import MANIFEST_NAME, NO_ACTION, Pack, file_sha256
@@ -51,10 +58,22 @@ class TrainOptions:
     lr: float = 1e-3
     weight_decay: float = 1e-4
 
-    def check(self) -> None:
+    def check(self, inputs: int | None = None, actions: int | None = None) -> None:
+        """Every option in range, and the network small enough to build (`inputs` features and
+        `actions` outputs; without them it is bounded from below, before the pack is read)."""
         for name, value in asdict(self).items():
-            if not (value > 0 and math.isfinite(value)):  # an infinite --lr trains a NaN network
-                raise TrainError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+            low_ok = value >= 0 if name == "weight_decay" else value > 0  # no weight decay is a valid choice
+            if not (low_ok and math.isfinite(value)):  # an infinite --lr trains a NaN network
+                bound = ">= 0" if name == "weight_decay" else "> 0"
+                raise TrainError(f"--{name.replace('_', '-')} must be a finite number {bound}, got {value}")
+        if self.layers > MAX_LAYERS:
+            raise TrainError(f"--layers must be at most {MAX_LAYERS}, got {self.layers}")
+        size = network_parameters(inputs or 1, actions or 1, self.hidden, self.layers)
+        if size > MAX_PARAMETERS:
+            on = f" on {inputs} features" if inputs else ""
+            raise TrainError(f"--hidden {self.hidden} with --layers {self.layers}{on} makes a network of "
+                             f"{'' if inputs else 'at least '}{size:,} parameters; expected at most "
+                             f"{MAX_PARAMETERS:,} (its weights and optimiser state must fit in memory)")
 
 
 @dataclass
@@ -99,6 +118,7 @@ def train_policy(pack: Pack, features: str | Sequence[str], target: str, rng_see
     if target not in TARGETS:
         raise TrainError(f"--target {target!r}; expected one of: {', '.join(TARGETS)}")
     names = pack.feature_names(features)
+    options.check(len(names), len(pack.manifest.actions))
     for split in SPLITS:  # every split must hold episodes before any data is read
         _check_split_exists(pack, split)
     data = {split: _checked_split(pack, names, split, target) for split in SPLITS}

@@ -6,14 +6,17 @@ The public surface of the pack store. Everything else in this package is interna
   parquet.py fixes their settings, rows.py checks what callers hand it, identity.py builds a new
   pack's manifest);
 - commit.py: the whole commit protocol (publish, prune, migrate, recover an interrupted create),
-  with the crash-test hooks of faults.py; lock.py: one writer per pack;
+  with the crash-test hooks of faults.py; lock.py: one writer per pack; current_link.py: a lost or
+  broken `current` link, named and repaired;
 - manifest.py: the commit record; tables.py: the Arrow schemas of the two tables; columns.py: what
   every column means (recorded in the manifest); quick_stats.py and splits.py: what the manifest
   keeps about the rows; card.py: the dataset card (PACK/README.md) and the whole-pack glob guard;
 - reader.py: `open_pack` and `Pack` (Arrow, polars, DuckDB, torch; matrix.py fills the tensors);
-  validate.py: `validate_pack`; repair.py: copies that lost or followed the links;
+  file_schema.py: how a file's columns differ from its table's; validate.py: `validate_pack`;
+  repair.py: copies that lost or followed the links;
 - report.py (figures in report_figures.py) and explain.py: a pack and an episode for people;
-- cli.py: `esper inspect | query | validate | repair | report | explain`.
+- cli.py: `esper inspect | query | validate | repair | report | explain`; sandbox.py: the read-only
+  connection `query` uses.
 
 Names resolve lazily, so `from telemetry.packs import open_pack` does not import torch.
 """
@@ -26,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "PackWriter": "telemetry.packs.writer",
     "recover_interrupted_create": "telemetry.packs.commit",
+    "repair_current": "telemetry.packs.current_link",
+    "broken_current": "telemetry.packs.current_link",
     "open_pack": "telemetry.packs.reader",
     "Pack": "telemetry.packs.reader",
     "PackTensors": "telemetry.packs.reader",
@@ -69,6 +74,7 @@ __all__ = [
     "ROW_GROUP_ROWS",
     "SPLIT_COLUMN",
     "TABLES",
+    "broken_current",
     "described_columns",
     "episode_brief",
     "episodes_schema",
@@ -81,6 +87,7 @@ __all__ = [
     "recover_interrupted_create",
     "render_card",
     "render_report",
+    "repair_current",
     "repair_pack",
     "split_of",
     "steps_schema",
@@ -92,6 +99,7 @@ if TYPE_CHECKING:
     from telemetry.packs.cli import query_library
     from telemetry.packs.columns import described_columns
     from telemetry.packs.commit import recover_interrupted_create
+    from telemetry.packs.current_link import broken_current, repair_current
     from telemetry.packs.explain import episode_brief
     from telemetry.packs.manifest import MANIFEST_NAME, TABLES, FileEntry, Manifest, file_sha256, read_manifest
     from telemetry.packs.parquet import ROW_GROUP_ROWS, parquet_options

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from telemetry.cli import path_argument
 from telemetry.errors import EsperError
 
 if TYPE_CHECKING:
@@ -26,12 +27,13 @@ _CELL_WIDTH = 48
 
 def register(sub: argparse._SubParsersAction) -> None:
     inspect = sub.add_parser("inspect", help="summary of a pack: config, counts, quick stats, files")
-    inspect.add_argument("pack", metavar="PACK")
+    inspect.add_argument("pack", metavar="PACK", type=path_argument)
     inspect.add_argument("--json", action="store_true", help="the summary as one JSON object")
     inspect.set_defaults(func=cmd_inspect)
 
-    query = sub.add_parser("query", help="SQL over a pack's views steps, episodes and decisions")
-    query.add_argument("pack", metavar="PACK")
+    query = sub.add_parser("query", help="SQL over a pack's views steps, episodes and decisions (read-only: "
+                                         "no other file is read, nothing is written)")
+    query.add_argument("pack", metavar="PACK", type=path_argument)
     query.add_argument("sql", metavar="SQL_OR_FILE",
                        help="SQL text, a .sql file, or a query-library name such as action_distribution")
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     query.set_defaults(func=cmd_query)
 
     validate = sub.add_parser("validate", help="check every file against the manifest (exit 1 on problems)")
-    validate.add_argument("pack", metavar="PACK")
+    validate.add_argument("pack", metavar="PACK", type=path_argument)
     validate.set_defaults(func=cmd_validate)
 
     from telemetry.packs import explain, report
@@ -200,13 +202,15 @@ def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
     from telemetry.packs.reader import open_pack
+    from telemetry.packs.sandbox import check_read_only, read_only_connection
 
     sql = resolve_query(args.sql)
-    con = open_pack(args.pack, verify=args.verify).duckdb()
+    con = read_only_connection(open_pack(args.pack, verify=args.verify))
     try:
         statements = con.extract_statements(sql)
         if not statements:
             raise EsperError("query: no SQL statement given")
+        check_read_only(con, statements)
         for statement in statements:  # each runs once; the last one's result is printed
             con.execute(statement)
         if con.description is None:

@@ -30,7 +30,9 @@ deletes what an interrupted commit left.
 A pack of the earlier layout (real table folders, manifest.json a regular file), or a copy made by
 a tool that followed the links, reads as before, and `migrate` converts it when a writer opens it.
 A create killed before its first publish leaves only links, a lock file and an unpublished version
-folder: `recover_interrupted_create` clears that, so the create can start again.
+folder: `recover_interrupted_create` clears that, so the create can start again. Anything holding a
+commit after the empty first one is never cleared: a pack whose `current` link was lost or broken
+is repaired to its last complete version folder instead (current_link.py).
 
 This module is the whole commit protocol; `PackWriter` stages files and calls it. Every step of it
 passes a named checkpoint (faults.py), where the crash tests inject kills.
@@ -270,8 +272,16 @@ def leftovers(root: Path) -> list[Path]:
 
 def interrupted_create(root: Path) -> list[Path] | None:
     """What a writer killed inside `PackWriter.create` leaves (it never published a manifest), or
-    None when `root` holds anything else. The lock file is not listed."""
+    None when `root` holds anything else. The lock file is not listed.
+
+    Such a writer published at most commit 0, the empty pack, and still held its lock file (a
+    writer removes it when it closes): a pack with any later version folder, or an empty pack that
+    was closed, lost its `current` link some other way and is repaired, never cleared.
+    """
     if (root / CURRENT).exists() or (root / CURRENT).is_symlink():
+        return None
+    _, names = _versions(root)
+    if any(name != version_name(0) for name in names) or (names and not (root / LOCK_NAME).exists()):
         return None
     found = []
     for path in root.iterdir():
@@ -416,9 +426,12 @@ def layout_problems(root: Path, manifest: Manifest) -> list[str]:
     problems = []
     current = _link_target(root / CURRENT)
     expected = f"{VERSIONS}/{version_name(manifest.commit)}"
-    if current != expected or not inside(root, root / CURRENT):
+    if current != expected:
         problems.append(f"{root / CURRENT}: leads to {current!r}, expected {expected!r} "
                         f"(the version folder of commit {manifest.commit})")
+    elif not inside(root, root / CURRENT):
+        problems.append(f"{root / CURRENT}: leads to {current!r}, which lies outside the pack (at "
+                        f"{os.path.realpath(root / CURRENT)}: {VERSIONS} is a link that leads out)")
     for name in LINKED:
         found = _link_target(root / name)
         if name == CARD_NAME and found is None and not (root / name).exists():

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from telemetry.bounded import read_json
 from telemetry.config import TelemetryConfig
 from telemetry.errors import PackError
 from telemetry.packs.quick_stats import QuickStats, merge_all
@@ -254,15 +255,21 @@ def read_manifest(pack: str | os.PathLike[str]) -> Manifest:
     if not root.exists():
         raise PackError(f"{root}: no such pack (the path does not exist)")
     path = root / MANIFEST_NAME
-    if not root.is_dir() or not path.is_file():
-        raise PackError(f"{root}: not a pack (expected a directory holding {MANIFEST_NAME})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno}, column {exc.colno}"
-        raise PackError(f"{path}: not valid JSON ({where}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PackError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    if not root.is_dir() or not path.is_file() or not _inside(root, path):  # `current` can be made to lead out
+        from telemetry.packs.current_link import broken_current  # current_link.py imports this module
+
+        raise PackError(broken_current(root) if root.is_dir() and broken_current(root) else
+                        f"{root}: not a pack (expected a directory holding {MANIFEST_NAME})")
+    return read_manifest_file(path)
+
+
+def _inside(root: Path, path: Path) -> bool:
+    return os.path.realpath(path).startswith(os.path.realpath(root) + os.sep)
+
+
+def read_manifest_file(path: Path) -> Manifest:
+    """One manifest file (a pack's, or a version folder's), bounded in size and nesting depth."""
+    data = read_json(path, PackError)
     if not isinstance(data, dict):
         raise PackError(f"{path}: expected a JSON object, got {type(data).__name__}")
     _check_format_version(data.get("format_version"), path)

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from telemetry.errors import PackError
+
 _WORKERS = max(2, min(8, os.cpu_count() or 2))
 _BLOCK_ROWS = 4096  # rows of the matrix written at a time: 4096 x 155 float32 is 2.5 MB
 
@@ -149,4 +151,7 @@ def _masks(mask: pa.Array, dest: np.ndarray) -> None:
     if mask.null_count < len(mask):
         valid = mask.is_valid().to_numpy(zero_copy_only=False)
         flat = pc.list_flatten(mask).to_numpy(zero_copy_only=False)
+        if flat.size != int(valid.sum()) * dest.shape[1]:  # masks of another action vocabulary
+            raise PackError(f"action_mask holds {flat.size} entries for {int(valid.sum())} steps, but manifest.json "
+                            f"lists {dest.shape[1]} actions (edited?); run `esper validate`")
         dest[valid] = flat.reshape(-1, dest.shape[1])

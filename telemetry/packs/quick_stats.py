@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, computed_field
+from pydantic import BaseModel, ConfigDict, computed_field, model_validator
 
 SEED_SUCCESS = "fossilized"
 
@@ -42,6 +42,16 @@ class ColumnStats(BaseModel):
     max: float | None = None
     mean: float | None = None
     m2: float = 0.0
+
+    @model_validator(mode="after")
+    def _whole(self) -> ColumnStats:
+        """A hand-edited manifest could drop a moment that merging (every commit, validate) needs."""
+        if not 0 <= self.nonfinite_count <= self.count or self.null_count < 0:
+            raise ValueError(f"counts {self.count}, {self.null_count} null, {self.nonfinite_count} non-finite do "
+                             "not add up")
+        if self.finite_count and None in (self.min, self.max, self.mean):
+            raise ValueError(f"{self.finite_count} finite values but no min, max or mean")
+        return self
 
     @property
     def finite_count(self) -> int:

@@ -2,11 +2,12 @@
 
 Every reader takes its file list from the manifest and is handed the manifest's canonical Arrow
 schema, so files written by different commits read as one table and a file no commit lists is never
-read. Paths lead through `PACK/current` (see commit.py); a file that a later commit superseded
-(a compaction while this Pack was open) is read from this manifest's own version folder while the
-writer keeps it (one commit longer). A file whose real path lies outside the pack (a planted link)
-is refused. Before a file is first read its size is compared with the manifest, and
-once per Pack its footer's row count and, with `verify=True` (the default), its sha256 too; a mismatch
+read. Files are read from the opened manifest's own version folder (`.versions/<commit>`, see
+commit.py), not through `current`, so a commit (a compaction that drops files included) never
+changes what an open Pack reads; the writer keeps that folder one commit longer. A file whose real
+path lies outside the pack (a planted link) is refused. Before a file is first read its size is
+compared with the manifest, and once per Pack its footer's row count, its columns (a file of another
+profile would read as nulls) and, with `verify=True` (the default), its sha256 too; a mismatch
 is a PackError naming it. The row counts of each split's files must add up to its quick stats.
 `verify=False` therefore still catches missing, truncated, extended or foreign files and edited row
 counts, but not a same-size change to a file's bytes (a flipped bit): only the sha256 pass sees that.
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 
 from telemetry.errors import PackError
 from telemetry.packs.commit import inside, is_versioned, version_dir
+from telemetry.packs.file_schema import schema_difference
 from telemetry.packs.manifest import MANIFEST_NAME, TABLES, FileEntry, Manifest, Table, file_sha256, read_manifest
 from telemetry.packs.quick_stats import ColumnStats
 from telemetry.packs.tables import SPLIT_COLUMN
@@ -83,8 +85,10 @@ class Pack:
         self.verify = verify
         self._schemas = {t: manifest.arrow_schema(t) for t in TABLES}
         self._verified: set[str] = set()
-        # where this manifest's files stay while a newer commit supersedes some (None: an older layout)
-        self._version = version_dir(root, manifest.commit) if is_versioned(root) else None
+        # where this manifest's files stay while newer commits happen (None: an older layout, or a copy
+        # that followed the links, whose real table folders are the pack)
+        version = version_dir(root, manifest.commit)
+        self._version = version if is_versioned(root) and (version / MANIFEST_NAME).is_file() else None
 
     def __repr__(self) -> str:
         s = self.manifest.quick_stats
@@ -109,11 +113,11 @@ class Pack:
 
         Returns the path to open; messages name the file as the manifest does (`PACK/<entry.path>`).
         """
-        named = path = self.path / entry.path
+        named, path = self.path / entry.path, (self._version or self.path) / entry.path
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            path, size = self._superseded(entry)
+            raise PackError(f"{named}: listed in manifest.json but missing") from None
         except OSError as exc:
             raise PackError(f"{named}: cannot read ({exc.strerror or exc})") from None
         if size != entry.bytes:
@@ -126,22 +130,19 @@ class Pack:
             if self.verify and _sha256_of(path, named) != entry.sha256:
                 raise PackError(f"{named}: sha256 does not match manifest.json (damaged)")
             try:
-                rows = pq.read_metadata(path).num_rows
-            except (OSError, pa.ArrowException) as exc:
+                meta = pq.read_metadata(path)
+                found = meta.schema.to_arrow_schema()
+            except (OSError, pa.ArrowException, ValueError) as exc:  # a damaged footer can fail to decode
                 raise PackError(f"{named}: not readable as Parquet ({str(exc).splitlines()[0]})") from None
-            if rows != entry.rows:
-                raise PackError(f"{named}: {rows} rows but manifest.json says {entry.rows} (damaged or edited)")
+            if meta.num_rows != entry.rows:
+                raise PackError(f"{named}: {meta.num_rows} rows but manifest.json says {entry.rows} "
+                                "(damaged or edited)")
+            difference = schema_difference(found, self._schemas[entry.table])
+            if difference:
+                raise PackError(f"{named}: {difference} in the pack's {entry.table} schema (a file of another "
+                                f"pack or profile?); run `esper validate {self.path}`")
             self._verified.add(entry.path)
         return path
-
-    def _superseded(self, entry: FileEntry) -> tuple[Path, int]:
-        """A file a newer commit dropped (compaction), from this manifest's version folder while kept."""
-        if self._version is not None:
-            try:
-                return self._version / entry.path, (self._version / entry.path).stat().st_size
-            except OSError:
-                pass
-        raise PackError(f"{self.path / entry.path}: listed in manifest.json but missing")
 
     def _check_counts(self, table: Table, split: str) -> None:
         """The files' row counts must add up to the split's quick stats (a removed entry does not)."""
@@ -220,7 +221,7 @@ class Pack:
                 yield dataset.to_table(columns=columns, filter=expression)
             else:
                 yield from dataset.to_batches(columns=columns, filter=expression)
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, pa.ArrowException, ValueError) as exc:
             text = " ".join(str(exc).split())
             if isinstance(exc, FileNotFoundError) or "No such file" in text:
                 raise PackError(f"{self.path}: a {table} file of split {split!r} is missing ({text}); a writer "

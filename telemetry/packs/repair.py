@@ -9,7 +9,8 @@ A pack is made of links (commit.py), and common ways of copying a folder damage 
   times, and every tool that walks the whole folder meets each file several times.
 
 Both keep everything the last commit needs, so `repair_pack` restores the layout without touching
-the data: it recreates the links of a copy that lost them, then opens the pack as a writer, which
+the data: it points a lost or broken `current` at the last complete commit (current_link.py),
+recreates the links of a copy that lost them, then opens the pack as a writer, which
 converts a copy that followed them (commit.migrate) and adds a dataset card a pack written before
 cards lacks.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from telemetry.errors import PackError
 from telemetry.packs.card import CARD_NAME
 from telemetry.packs.commit import CURRENT, LINKED, VERSIONS, is_canonical, version_name
+from telemetry.packs.current_link import repair_current
 from telemetry.packs.manifest import MANIFEST_NAME, TABLES, read_manifest
 
 _FIX = "or copy the original again with `cp -a` or `rsync -a`, which keep links"
@@ -89,6 +91,9 @@ def repair_pack(path: str | os.PathLike[str]) -> list[str]:
     """Restore a damaged copy's layout (see the module docstring); returns what was done, one line each."""
     root = Path(path)
     done = []
+    relinked = repair_current(root)
+    if relinked is not None:
+        done.append(f"pointed {CURRENT} at {VERSIONS}/{version_name(relinked.commit)}, the last complete commit")
     version = lost_links(root)
     if version is not None:
         restore_links(root, version)

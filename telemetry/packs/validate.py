@@ -5,7 +5,9 @@ file is present, inside the pack (no link leads out), of the recorded size and c
 with the recorded row count and the canonical schema; no unlisted data file sits where plain tools
 would read it (the table folders, which lead to the current version folder); the links of the
 layout lead to the current commit; row counts add up to the quick stats; and splits are by episode
-(each episode in the split its id hashes to, its steps beside it). Each problem is one line naming
+(each episode in the split its id hashes to, its steps beside it); the quick stats (which
+`tensors(normalize=...)` and `esper train` standardise with) are what the files give, recomputed,
+so a hand edit cannot pass. Each problem is one line naming
 the file or value at fault. Version folders an interrupted write left are no problem (no reader
 sees them; the next writer deletes them): `leftovers` lists them for the CLI's summary. A copy
 that lost the pack's links or followed them (repair.py) is named with its fix, `esper repair`.
@@ -18,12 +20,15 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from telemetry.packs.card import CARD_NAME, GUARD_NAME
 from telemetry.packs.commit import inside, is_versioned, layout_problems
 from telemetry.packs.commit import leftovers as leftovers
+from telemetry.packs.file_schema import schema_difference
 from telemetry.packs.manifest import TABLES, FileEntry, Manifest, file_sha256, read_manifest
+from telemetry.packs.quick_stats import ColumnStats, QuickStats, merge_all, numeric_columns
 from telemetry.packs.repair import copy_problems, lost_links
 from telemetry.packs.splits import split_of
 from telemetry.packs.tables import STEP_IDENTITY
@@ -50,6 +55,8 @@ def validate_pack(path: str | os.PathLike[str]) -> list[str]:
     problems += _count_problems(manifest)
     if len(good) == len(manifest.files):
         problems += _split_problems(root, manifest)
+        problems += _vocabulary_problems(root, manifest)
+        problems += _stats_problems(root, manifest)
     return problems
 
 
@@ -94,13 +101,15 @@ def _file_problems(root: Path, manifest: Manifest, entry: FileEntry) -> list[str
     try:
         meta = pq.read_metadata(path)
         schema = meta.schema.to_arrow_schema()
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, pa.ArrowException, ValueError) as exc:  # a damaged footer can fail to decode
         return [f"{path}: not readable as Parquet ({str(exc).splitlines()[0]})"]
     problems = []
     if meta.num_rows != entry.rows:
         problems.append(f"{path}: {meta.num_rows} rows but manifest.json says {entry.rows}")
-    if not schema.remove_metadata().equals(manifest.arrow_schema(entry.table).remove_metadata()):
-        problems.append(f"{path}: schema differs from the pack's canonical {entry.table} schema")
+    canonical = manifest.arrow_schema(entry.table)
+    if not schema.remove_metadata().equals(canonical.remove_metadata()):
+        difference = schema_difference(schema, canonical) or "column order or nullability differs"
+        problems.append(f"{path}: schema differs from the pack's canonical {entry.table} schema ({difference})")
     return problems
 
 
@@ -155,3 +164,69 @@ def _split_problems(root: Path, manifest: Manifest) -> list[str]:
                 problems.append(f"{root / entry.path}: steps of episode {episode_id!r}, which {state}")
                 break
     return problems
+
+
+def _vocabulary_problems(root: Path, manifest: Manifest) -> list[str]:
+    """Actions and masks in the vocabulary of manifest.json's `actions`, which gives labels their index
+    and mask entries their meaning: an action outside it would become 'no label' in silence."""
+    actions, problems = set(manifest.actions), []
+    for entry in manifest.files_of("steps"):
+        table = pq.read_table(root / entry.path, columns=["action", "best_action", "action_mask"])
+        for column in ("action", "best_action"):
+            unknown = sorted(set(table.column(column).drop_null().unique().to_pylist()) - actions)
+            if unknown:
+                problems.append(f"{root / entry.path}: {column} {unknown[0]!r} is not one of manifest.json's actions")
+        widths = set(pc.list_value_length(table.column("action_mask")).drop_null().unique().to_pylist())
+        if widths - {len(actions)}:
+            problems.append(f"{root / entry.path}: action_mask has {sorted(widths)} entries per step, manifest.json "
+                            f"lists {len(actions)} actions")
+    return problems
+
+
+# ---- quick stats, recomputed -------------------------------------------------------------------------
+
+_REL = 1e-6  # mean and std of one chunk merged with another differ from one pass in the last bits
+
+
+def _stats_problems(root: Path, manifest: Manifest) -> list[str]:
+    """Each split's quick stats against the same stats computed from its files; the pack's against
+    the merge of its splits'."""
+    columns = numeric_columns(manifest.arrow_schema("steps"))
+    problems = []
+    for split, recorded in manifest.split_stats.items():
+        found = merge_all([QuickStats.of_steps(pq.read_table(root / e.path), columns)
+                           for e in manifest.files_of("steps", [split])]
+                          + [QuickStats.of_episodes(pq.read_table(root / e.path))
+                             for e in manifest.files_of("episodes", [split])])
+        difference = _stats_difference(recorded, found, "the files give")
+        if difference:
+            problems.append(f"manifest.json: split_stats.{split}: {difference} (edited by hand?)")
+    difference = _stats_difference(manifest.quick_stats, merge_all(manifest.split_stats.values()),
+                                   "the split_stats merged give")
+    if difference:
+        problems.append(f"manifest.json: quick_stats: {difference} (edited by hand?)")
+    return problems
+
+
+def _stats_difference(recorded: QuickStats, found: QuickStats, source: str) -> str | None:
+    """The first statistic that differs, as 'X is A, but <source> B'; None when all agree."""
+    for name in ("episodes", "steps", "action_distribution", "final_accuracy_min", "final_accuracy_max", "seeds",
+                 "seeds_fossilized"):
+        a, b = getattr(recorded, name), getattr(found, name)
+        if not _close(a, b):
+            return f"{name} is {a!r}, but {source} {b!r}"
+    if set(recorded.columns) != set(found.columns):
+        odd = sorted(set(recorded.columns) ^ set(found.columns))
+        return f"the columns with stats differ from the steps schema's numeric columns (e.g. {odd[0]!r})"
+    for column, stats in recorded.columns.items():
+        for field in ("count", "null_count", "nonfinite_count", "min", "max", "mean", "std"):
+            a, b = getattr(stats, field), getattr(found.columns.get(column, ColumnStats()), field)
+            if not _close(a, b):
+                return f"{column} {field} is {a!r}, but {source} {b!r}"
+    return None
+
+
+def _close(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= _REL * max(abs(a), abs(b), 1e-12) or a == b
+    return a == b

@@ -58,6 +58,7 @@ from telemetry.packs.commit import (
     publish,
     remove_uncommitted,
 )
+from telemetry.packs.current_link import repair_current
 from telemetry.packs.identity import check_same, new_manifest
 from telemetry.packs.lock import WriterLock
 from telemetry.packs.manifest import TABLES, FileEntry, Manifest, Table, read_manifest
@@ -133,6 +134,9 @@ class PackWriter:
         vocabulary and the split fractions for the life of the pack.
         """
         root = Path(path)
+        if root.is_symlink() and not root.exists():
+            raise PackError(f"{root}: a symbolic link to {os.readlink(root)!r}, which does not exist; "
+                            "expected an absent or empty directory")
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise PackError(f"{root}: already exists and is not an empty directory; "
                             "use PackWriter.open_append to add to an existing pack")
@@ -155,9 +159,11 @@ class PackWriter:
 
         Leftovers of an interrupted writer (staged files, version folders never committed) are
         deleted; committed data is untouched. A pack of the earlier layout (real table folders), or
-        a copy that followed the links, is converted to version folders first (commit.migrate).
+        a copy that followed the links, is converted to version folders first (commit.migrate); one
+        whose `current` link was lost or broken leads to its last complete version again first.
         """
         root = Path(path)
+        repair_current(root)
         check_same(root, read_manifest(root), config, feature_schema)
         lock = WriterLock.acquire(root)
         try:
@@ -424,7 +430,7 @@ def _committed_episode_ids(root: Path, manifest: Manifest) -> set[str]:
     for entry in manifest.files_of("episodes"):
         try:
             ids.update(pq.read_table(root / entry.path, columns=["episode_id"]).column(0).to_pylist())
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, pa.ArrowException, ValueError) as exc:  # a damaged footer can fail to decode
             raise PackError(f"{root / entry.path}: cannot read committed episode ids "
                             f"({str(exc).splitlines()[0]}); run `esper validate {root}`") from None
     return ids

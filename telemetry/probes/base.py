@@ -13,6 +13,7 @@ from telemetry.feature_schema import FeatureSpec
 from telemetry.probes.probe import Probe, ProbeContext, StepInfo, Value, none_if
 
 PLATEAU_GAIN_POINTS = 0.5
+FOLD_EVERY = 1024  # per-batch training values are summed at the step's end, or this often
 BASE_HISTORY = 5
 
 
@@ -21,8 +22,11 @@ class BaseProbe(Probe):
 
     def __init__(self, ctx: ProbeContext) -> None:
         super().__init__(ctx)
-        # per step: train loss sum, train correct, val loss sum, val correct (device); batch sizes (host)
+        # per step: train loss sum, train correct, val loss sum, val correct (device); batch sizes (host);
+        # training batches not yet summed: their losses and correct counts (device), sizes (host)
         self.add_state("sums", torch.zeros(4, dtype=torch.float64))
+        self.add_state("pending", [])
+        self.add_state("pending_sizes", [])
         self.add_state("n_train", 0)
         self.add_state("n_val", 0)
         # the run's history
@@ -62,10 +66,21 @@ class BaseProbe(Probe):
 
     def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                     batch: int) -> None:
+        # two small vectors kept per batch and summed at the step's end: 3 kernels per batch, not 10
         n = targets.shape[0]
-        self.sums[0] += loss.detach().double() * n
-        self.sums[1] += (logits.detach().argmax(1) == targets).sum()
+        self.pending.append((loss, (logits.argmax(1) == targets).sum()))
+        self.pending_sizes.append(n)
         self.n_train += n
+        if len(self.pending) >= FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self.pending:
+            return
+        losses = torch.stack([loss for loss, _ in self.pending]).double()
+        sizes = torch.tensor(self.pending_sizes, dtype=torch.float64).to(losses.device)
+        self.sums[:2] += torch.stack([(losses * sizes).sum(), torch.stack([c for _, c in self.pending]).sum()])
+        self.pending, self.pending_sizes = [], []
 
     def val_batch(self, logits: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor) -> None:
         self.sums[2] += losses.double().sum()
@@ -73,6 +88,7 @@ class BaseProbe(Probe):
         self.n_val += targets.shape[0]
 
     def payload(self, probe_batch: object) -> list[torch.Tensor]:
+        self._fold()
         return [self.sums]
 
     def finish(self, host: np.ndarray, info: StepInfo) -> dict[str, Value]:

@@ -14,11 +14,13 @@ def bin_label(i: int) -> str:
     return f"[{lo}, {hi})"
 
 
-def histogram(pool: torch.Tensor) -> torch.Tensor:
-    """[layers, BINS]: each layer's share of pooled |g| per bin (NaN positions ignored)."""
-    edges = torch.tensor(HIST_EDGES, dtype=torch.float32, device=pool.device)
-    present = ~torch.isnan(pool)
-    bins = torch.bucketize(pool.nan_to_num(0.0), edges, right=True)
-    counts = torch.zeros(pool.shape[0], BINS, device=pool.device)
-    counts.scatter_add_(1, bins, present.float())
-    return counts / present.sum(1, keepdim=True).clamp(min=1)
+def histogram(values: torch.Tensor, layer: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """[layers, BINS]: each layer's share of pooled |g| per bin; `layer` gives each value's layer.
+    Negative values (the pool's marks) and NaN are ignored."""
+    edges = torch.tensor(HIST_EDGES, dtype=values.dtype, device=values.device)
+    present = values >= 0  # false for marks and NaN
+    bins = torch.bucketize(values.nan_to_num(0.0), edges, right=True)
+    counts = torch.zeros(n_layers * BINS, device=values.device)
+    counts.index_add_(0, layer * BINS + bins, present.float())
+    counts = counts.view(n_layers, BINS)
+    return counts / counts.sum(1, keepdim=True).clamp(min=1)

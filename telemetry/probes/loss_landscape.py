@@ -57,17 +57,19 @@ def sharpness(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], 
     device = params[0].device if params else x.device
     gen = torch.Generator(device=device)
     gen.manual_seed(rng_seed)
+    # only weights (dim > 1) are perturbed: their filter norms are taken once, and after each sample
+    # they alone are restored, in one multi-tensor copy (bit-exact)
+    perturbed = [(p, w, _filter_norms(w)) for p, w in zip(params, saved, strict=True) if p.dim() > 1]
     model.eval()
     try:
         base = F.cross_entropy(model(x), y)
         increases = []
         for _ in range(samples):
-            for p, w in zip(params, saved, strict=True):
-                if p.dim() > 1:
-                    p.add_(_filter_normalised(w, gen), alpha=scale)
+            for p, w, norms in perturbed:
+                p.add_(_filter_normalised(w, norms, gen), alpha=scale)
             increases.append(F.cross_entropy(model(x), y) - base)
-            for p, w in zip(params, saved, strict=True):
-                p.copy_(w)
+            if perturbed:
+                torch._foreach_copy_([p for p, _, _ in perturbed], [w for _, w, _ in perturbed])
         inc = torch.stack(increases)
         return torch.stack([base, inc.mean(), inc.max()]).double()
     finally:
@@ -77,8 +79,10 @@ def sharpness(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], 
             m.training = training
 
 
-def _filter_normalised(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _filter_norms(w: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(w, dim=tuple(range(1, w.dim())), keepdim=True)
+
+
+def _filter_normalised(w: torch.Tensor, norms: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     d = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
-    dims = tuple(range(1, w.dim()))
-    norm = torch.linalg.vector_norm
-    return d * (norm(w, dim=dims, keepdim=True) / norm(d, dim=dims, keepdim=True).clamp(min=1e-12))
+    return d * (norms / _filter_norms(d).clamp(min=1e-12))

@@ -145,7 +145,7 @@ class Probe:
 
     def train_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                     batch: int) -> None:
-        """After backward: gradients are populated. Device work only."""
+        """After backward: gradients are populated, `loss` is detached. Device work only."""
 
     def val_batch(self, logits: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor) -> None:
         """During validation: per-sample `losses` already computed by the tracker."""

@@ -12,6 +12,7 @@ from torch import nn
 
 from telemetry.feature_schema import FeatureSpec
 from telemetry.layers import feature_key
+from telemetry.probes.gradient_sample import sums_of_squares
 from telemetry.probes.probe import Probe, ProbeContext, StepInfo, Value, none_if
 
 
@@ -24,7 +25,8 @@ class SeedProbe(Probe):
         self.grads = ctx.config.gradients.enabled and ctx.config.gradients.track_norm
         self.weights = ctx.config.track_weight_norms
         n = len(self.keys)
-        self.add_state("grad_sums", [None] * n)  # per slot: sum over batches of the seed's gradient norm
+        self.add_state("grad_squares", [[] for _ in range(n)])  # per slot, per batch: the seed's gradient
+        # square sum (the norms are taken and summed at the step's end)
         self.add_state("batches", [0] * n)
         self.add_state("params", [None] * n)  # parameter count of the seed found at the step's end
 
@@ -52,8 +54,7 @@ class SeedProbe(Probe):
         for i, seed in enumerate(self._seeds()):
             grads = [p.grad for p in seed.parameters() if p.grad is not None] if seed is not None else []
             if grads:
-                sq = torch.stack(torch._foreach_norm(grads)).double().pow(2).sum().sqrt()
-                self.grad_sums[i] = sq if self.grad_sums[i] is None else self.grad_sums[i] + sq
+                self.grad_squares[i].append(sums_of_squares(grads).sum())
                 self.batches[i] += 1
 
     @torch.no_grad()
@@ -61,11 +62,9 @@ class SeedProbe(Probe):
         out = []
         for i, seed in enumerate(self._seeds()):
             params = [p.detach() for p in seed.parameters()] if seed is not None else []
-            grad = self.grad_sums[i]
-            if grad is None:
-                grad = torch.zeros((), dtype=torch.float64)
-            weight = (torch.stack(torch._foreach_norm(params)).double().pow(2).sum().sqrt() if params
-                      else torch.zeros((), dtype=torch.float64))
+            squares = self.grad_squares[i]
+            grad = torch.stack(squares).sqrt().sum() if squares else torch.zeros((), dtype=torch.float64)
+            weight = sums_of_squares(params).sum().sqrt() if params else torch.zeros((), dtype=torch.float64)
             out.append(torch.stack([grad.to(weight.device), weight]))
             self.params[i] = sum(p.numel() for p in params) if seed is not None else None
         return out

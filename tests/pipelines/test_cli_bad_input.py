@@ -9,6 +9,7 @@ snapshotted before and after, so "nothing left behind" covers packs, configs and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import REPO
 from support.packs import make_episodes, write_pack
 
 from pipelines.cli import main
@@ -30,7 +32,7 @@ TRAIN = ["train", "{pack}", "--out", "{tmp}/model", "--target", "heuristic"]
 @dataclass(frozen=True)
 class Case:
     id: str
-    argv: list[str]  # "{tmp}", "{pack}" (a sound 3-episode pack) and "{empty}" (a 0-episode pack) are filled in
+    argv: list[str]  # "{tmp}" and the packs of the `packs` fixture ("{pack}", "{empty}", ...) are filled in
     needle: str  # a distinctive part of the one error line
     setup: Setup | None = None
 
@@ -96,6 +98,155 @@ def _set(data: dict[str, Any], path: str, value: Any) -> None:
 def manifest_value(path: str, value: Any) -> Setup:
     return edit_manifest(lambda d: _set(d, path, value))
 
+
+def deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+def link(name: str, target: str) -> Setup:
+    def setup(tmp: Path) -> None:
+        os.symlink(target.replace("{tmp}", str(tmp)), tmp / name)
+    return setup
+
+
+def replicates(change: Callable[[dict[str, Any], dict[str, Any]], Any] | None = None) -> Setup:
+    """Two recorded comparison reports as {tmp}/a and {tmp}/b (seeds 0 and 1), `change` editing (a, b)."""
+    def setup(tmp: Path) -> None:
+        docs = sorted((REPO / "docs" / "experiments").glob("compare-*-seed*"))
+        data = [json.loads((d / "results.json").read_text()) for d in docs[:2]]
+        if change:
+            change(*data)
+        for name, results in zip("ab", data, strict=True):
+            (tmp / name).mkdir()
+            (tmp / name / "results.json").write_text(json.dumps(results))
+    return setup
+
+
+def swap_in_a_minimal_file(tmp: Path) -> None:
+    """The diagnostic pack's first steps file replaced by a minimal pack's, its manifest entry updated
+    to match (size, sha256, rows): only a check of the file's columns can tell."""
+    diag, minimal = tmp / "diag", tmp / "minimal"
+    write_pack(minimal, make_episodes(0, 3, steps=3, profile="minimal"), profile="minimal")
+    data = json.loads((diag / "manifest.json").read_text())
+    entry = first_steps_file(data)
+    other = first_steps_file(json.loads((minimal / "manifest.json").read_text()))
+    shutil.copy(minimal / other["path"], diag / entry["path"])
+    assert (entry["split"], entry["rows"]) == (other["split"], other["rows"])  # the same episodes
+    entry.update(bytes=other["bytes"], sha256=other["sha256"])
+    (diag / "manifest.json").write_text(json.dumps(data))
+
+
+def unlink(name: str) -> Setup:
+    def setup(tmp: Path) -> None:
+        (tmp / name).unlink()
+    return setup
+
+
+COMPARE = ["compare", "--seeds", "1", "--online-episodes", "1", "--dataset", "synthetic", "--epochs", "3"]
+DEEP_POLICY = '{"format": "esper-policy/1", "meta": ' + deep(100) + "}"
+BOMB = "".join(f"{k}: &{k} [" + ",".join([f"*{p}" if p else "x"] * 10) + "]\n"
+               for k, p in zip("abcdef", ["", *"abcde"], strict=True))
+
+# Issue 17 (tracebacks) and issue 18 (silent wrong answers, writes outside the output), one row each.
+RELIABILITY_CASES: list[Case] = [
+    Case("config-deep-yaml", ["profiles", "show", "standard", "--config", "{tmp}/c.yaml"],
+         "c.yaml: YAML nested more than 64 levels deep", write("c.yaml", "history_length: " + deep(5000))),
+    Case("set-deep-yaml", ["profiles", "show", "standard", "--set", "history_length=" + deep(5000)],
+         "--set history_length: YAML nested more than 64 levels deep"),
+    Case("config-alias-bomb", ["profiles", "show", "standard", "--config", "{tmp}/c.yaml"],
+         "c.yaml: YAML expands to more than 100000 values", write("c.yaml", BOMB)),
+    Case("config-too-large", ["profiles", "show", "standard", "--config", "{tmp}/c.yaml"],
+         "c.yaml: 2097152 bytes, more than the 1 MiB", write("c.yaml", "#" * (2 << 20))),
+    Case("config-duplicate-key", ["profiles", "show", "standard", "--config", "{tmp}/c.yaml"],
+         "c.yaml:3:1: duplicate key 'history_length' (first given on line 1)",
+         write("c.yaml", "history_length: 10\nper_class: {}\nhistory_length: 30\n")),
+    Case("set-profile-name", ["profiles", "show", "diagnostic", "--set", "profile_name=minimal"],
+         "--set: profile_name cannot be overridden"),
+    Case("config-profile-name", ["profiles", "show", "diagnostic", "--config", "{tmp}/c.yaml"],
+         "c.yaml: profile_name cannot be overridden", write("c.yaml", "profile_name: minimal\n")),
+    Case("generate-policy-deeply-nested-json", [*GEN, "--episodes", "2", "--policy", "{tmp}/model"],
+         "model/policy.json: JSON nested deeper than Python can parse",
+         write("model/policy.json", '{"format": "esper-policy/1", "meta": ' + deep(100_000) + "}")),
+    Case("generate-policy-nested-json", [*GEN, "--episodes", "2", "--policy", "{tmp}/model"],
+         "model/policy.json: JSON nested 101 levels deep; expected at most 64",
+         write("model/policy.json", DEEP_POLICY)),
+    Case("generate-policy-empty", [*GEN, "--episodes", "2", "--policy", ""], "--policy '': expected heuristic"),
+    Case("generate-policy-huge-network", [*GEN, "--episodes", "2", "--policy", "{tmp}/model"],
+         "has more than 64 layers or 50,000,000 parameters",
+         write("model/policy.json", json.dumps({"format": "esper-policy/1", "feature_names": ["epoch"], "centre": [0],
+                                                "scale": [1], "actions": ["WAIT"], "weights_sha256": "0" * 64,
+                                                "network": {"inputs": 1, "actions": 1, "hidden": 10 ** 9,
+                                                            "layers": 2}}))),
+    Case("generate-out-empty", ["generate", "--out", "", "--episodes", "1"], "argument --out: expected a path, got ''"),
+    Case("generate-out-dangling-link", [*GEN, "--episodes", "1"], "out: a symbolic link to",
+         link("out", "{tmp}/nowhere")),
+    Case("generate-broken-current", [*GEN[:2], "{linked}", *GEN[3:], "--episodes", "4"],
+         "current: missing; the last complete commit is .versions/", unlink("linked/current")),
+    Case("pool-deeply-nested-json", ["pool", "{tmp}/a", "{tmp}/b"], "a/results.json: JSON nested deeper than",
+         both(replicates(), write("a/results.json", deep(100_000)))),
+    Case("pool-no-differences", ["pool", "{tmp}/a", "{tmp}/b"], "a/results.json: no 'online.differences'",
+         replicates(lambda a, b: a["online"].pop("differences"))),
+    Case("pool-no-settings", ["pool", "{tmp}/a", "{tmp}/b"], "b/results.json: 'settings' is missing",
+         replicates(lambda a, b: b.pop("settings"))),
+    Case("pool-empty-values", ["pool", "{tmp}/a", "{tmp}/b"], "offline.regret.candidate - baseline.by_episode is",
+         replicates(lambda a, b: a["offline"]["regret"]["candidate - baseline"].update(by_episode={}))),
+    Case("pool-same-data-twice", ["pool", "{tmp}/a", "{tmp}/b"], "hold identical per-episode values",
+         replicates(lambda a, b: b.update(online=a["online"], offline=a["offline"]))),
+    Case("train-hidden-huge", [*TRAIN, "--features", "all", "--hidden", "100000000"],
+         "--hidden 100000000 with --layers 2 makes a network of at least"),
+    Case("train-layers-huge", [*TRAIN, "--features", "all", "--layers", "100000"], "--layers must be at most 64"),
+    Case("train-out-empty", [*TRAIN[:3], "", *TRAIN[4:], "--features", "all"], "argument --out: expected a path"),
+    Case("train-out-dangling-link", [*TRAIN, "--features", "all"], "a symbolic link (to", link("model", "nowhere")),
+    Case("inspect-empty-path", ["inspect", ""], "argument PACK: expected a path, got ''"),
+    Case("inspect-deeply-nested-manifest", ["inspect", "{pack}"], "manifest.json: JSON nested 102 levels deep",
+         edit_manifest(lambda d: d["provenance"].update(extra=json.loads(deep(100))))),
+    Case("query-file-of-another-profile", ["query", "{diag}", "SELECT count(val_loss) FROM steps"],
+         "column(s) (", swap_in_a_minimal_file),
+    Case("query-copy-into-pack", ["query", "{pack}", "COPY (SELECT 1) TO '{pack}/steps/split=train/x.parquet'"],
+         "only statements that read run on a pack"),
+    Case("query-explain-analyze-copy", ["query", "{pack}", "EXPLAIN ANALYZE COPY (SELECT 1) TO '{tmp}/x.csv'"],
+         "got COPY"),
+    Case("query-attach", ["query", "{pack}", "ATTACH '{tmp}/x.db'"], "got ATTACH"),
+    Case("query-create", ["query", "{pack}", "CREATE TABLE t AS SELECT 1"], "got CREATE"),
+    Case("query-set", ["query", "{pack}", "SET enable_external_access = true"], "got SET"),
+    Case("query-read-outside", ["query", "{pack}", "SELECT * FROM read_csv('/etc/passwd')"],
+         'Cannot access file "/etc/passwd"'),
+    Case("query-glob-outside", ["query", "{pack}", "SELECT * FROM glob('/etc/*')"], 'Cannot access file "/etc/*"'),
+    Case("query-glob-the-pack", ["query", "{pack}", "SELECT * FROM read_parquet('{pack}/steps/*/*.parquet')"],
+         "Cannot access file"),
+    Case("query-current-removed", ["query", "{linked}", "SELECT 1"],
+         "linked/current: missing; the last complete commit is .versions/", unlink("linked/current")),
+    Case("inspect-current-loop", ["inspect", "{linked}"], "linked/current: a link that leads to itself",
+         both(unlink("linked/current"), link("linked/current", "current"))),
+    Case("validate-current-dangling", ["validate", "{linked}"],
+         "linked/current: a link to '.versions/000099', which holds no manifest",
+         both(unlink("linked/current"), link("linked/current", ".versions/000099"))),
+    Case("compare-out-empty", [*COMPARE, "--episodes", "16", "--out", ""], "argument --out: expected a path"),
+    Case("compare-out-is-a-pack", [*COMPARE, "--episodes", "16", "--out", "{pack}"], "is a pack; --out is the report"),
+    Case("compare-out-foreign-folder", [*COMPARE, "--episodes", "16", "--out", "{tmp}/mine"],
+         "was not written by `esper compare`", write("mine/notes.txt", "precious\n")),
+    Case("compare-out-dangling-link", [*COMPARE, "--episodes", "16", "--out", "{tmp}/out"], "a symbolic link to",
+         link("out", "{tmp}/nowhere")),
+    Case("compare-baseline-richer", [*COMPARE, "--baseline", "research", "--candidate", "minimal", "--episodes", "16",
+                                     "--out", "{tmp}/out"], "--baseline research records"),
+    Case("compare-hidden-huge", [*COMPARE, "--episodes", "1", "--hidden", "1000000", "--out", "{tmp}/out"],
+         "makes a network of"),
+    Case("compare-epochs-before-work", [*COMPARE[:-2], "--epochs", "1", "--episodes", "16", "--out", "{tmp}/out"],
+         "--epochs must be >= 2"),
+    Case("compare-too-few-episodes", [*COMPARE, "--episodes", "15", "--out", "{tmp}/out"],
+         "--episodes 15 puts no episode in the test split(s)"),
+    Case("control-check-seed-negative", ["control-check", "--episodes", "1", "--epochs", "2", "--seed", "-5",
+                                         "--dataset", "synthetic"], "--seed must be >= 0, got -5"),
+    Case("compare-pack-seed-conflict", ["compare", "--seeds", "1", "--pack", "{generated}", "--seed", "1",
+                                        "--target", "heuristic", "--out", "{tmp}/out"],
+         "--seed 1 conflicts with --pack"),
+    Case("compare-pack-epochs-conflict", ["compare", "--seeds", "1", "--pack", "{generated}", "--epochs", "25",
+                                          "--target", "heuristic", "--out", "{tmp}/out"],
+         "--epochs 25 conflicts with --pack"),
+    Case("compare-pack-episodes-conflict", ["compare", "--seeds", "1", "--pack", "{generated}", "--episodes", "9",
+                                            "--target", "heuristic", "--out", "{tmp}/out"],
+         "--episodes 9 conflicts with --pack"),
+]
 
 # ---- the table -----------------------------------------------------------------------------------
 
@@ -241,6 +392,7 @@ CASES: list[Case] = [
     Case("query-bad-format", ["query", "{pack}", "SELECT 1", "--format", "xml"], "invalid choice: 'xml'"),
     Case("query-empty-pack-bad-column", ["query", "{empty}", "SELECT nope FROM steps"],
          'Referenced column "nope" not found'),
+    *RELIABILITY_CASES,
 ]
 
 # Cases that fail because of a bug in a file this suite's authors do not own; reported, not hidden.
@@ -254,25 +406,36 @@ def _param(case: Case) -> Any:
 
 @pytest.fixture(scope="module")
 def packs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{pack}, {empty} and {diag} are copied as a tool that follows links would (the earlier layout);
+    {linked} keeps the links (the layout a writer leaves); {generated} was written by `esper generate`."""
     root = tmp_path_factory.mktemp("packs")
     write_pack(root / "pack", make_episodes(0, 3, steps=3, profile="minimal"), profile="minimal")
     write_pack(root / "empty", [], profile="minimal")
-    return {"pack": root / "pack", "empty": root / "empty"}
+    write_pack(root / "diag", make_episodes(0, 3, steps=3, profile="diagnostic"), profile="diagnostic")
+    assert main(["generate", "--profile", "diagnostic", "--dataset", "synthetic", "--epochs", "3", "--episodes", "1",
+                 "--counterfactual", "0", "--quiet", "--out", str(root / "generated")]) == 0
+    return {"pack": root / "pack", "empty": root / "empty", "diag": root / "diag", "linked": root / "pack",
+            "generated": root / "generated"}
 
 
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under `root` and its bytes (None for folders)."""
-    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+def snapshot(root: Path) -> dict[str, bytes | str | None]:
+    """Every path under `root` and its bytes (None for folders, '-> target' for symbolic links)."""
+    return {str(p.relative_to(root)): f"-> {os.readlink(p)}" if p.is_symlink() else None if p.is_dir()
+            else p.read_bytes() for p in sorted(root.rglob("*"))}
 
 
 def prepare(case: Case, tmp: Path, packs: dict[str, Path]) -> list[str]:
     for name, source in packs.items():
         if any(f"{{{name}}}" in a for a in case.argv):
-            shutil.copytree(source, tmp / name)
+            shutil.copytree(source, tmp / name, symlinks=name in ("linked", "generated"))
     if case.setup:
         case.setup(tmp)
-    return [a.replace("{tmp}", str(tmp)).replace("{pack}", str(tmp / "pack")).replace("{empty}", str(tmp / "empty"))
-            for a in case.argv]
+    argv = []
+    for a in case.argv:
+        for name in ("tmp", *packs):
+            a = a.replace(f"{{{name}}}", str(tmp if name == "tmp" else tmp / name))
+        argv.append(a)
+    return argv
 
 
 def test_the_table_is_large_and_varied() -> None:

@@ -80,3 +80,21 @@ class TinyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.conv(x)))
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+class DeepMLP(nn.Module):
+    """`depth` Linear layers named fc0 ... fc{depth-1}, ReLU between: a model whose depth is one knob."""
+
+    def __init__(self, depth: int, width: int = 32, inputs: int = 48, classes: int = 10) -> None:
+        super().__init__()
+        sizes = [inputs] + [width] * (depth - 1) + [classes]
+        for i in range(depth):
+            self.add_module(f"fc{i}", nn.Linear(sizes[i], sizes[i + 1]))
+        self.depth = depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for i in range(self.depth):
+            x = getattr(self, f"fc{i}")(x)
+            x = F.relu(x) if i < self.depth - 1 else x
+        return x

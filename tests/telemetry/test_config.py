@@ -112,3 +112,13 @@ def test_configs_are_immutable_and_round_trip():
     assert TelemetryConfig.model_validate(cfg.model_dump()) == cfg
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.history_length = 7  # type: ignore[misc]
+
+
+def test_profile_name_is_not_an_override(tmp_path) -> None:
+    """It labels which profile the features came from: overriding it would relabel a pack."""
+    with pytest.raises(ConfigError, match="--set: profile_name cannot be overridden"):
+        load_config("diagnostic", overrides=["profile_name=minimal"])
+    (tmp_path / "c.yaml").write_text("profile_name: minimal\n")
+    with pytest.raises(ConfigError, match="c.yaml: profile_name cannot be overridden"):
+        load_config("diagnostic", config_file=tmp_path / "c.yaml")
+    assert load_config("diagnostic").profile_name == "diagnostic"

@@ -190,10 +190,10 @@ def test_nan_and_inf_in_losses_and_gradients_are_counted_not_fatal():
 
 # ---- determinism and non-interference --------------------------------------------------------------
 
-def run_rows(tracker_seed: int) -> list[dict[str, object]]:
+def run_rows(tracker_seed: int, *extra: str) -> list[dict[str, object]]:
     torch.manual_seed(5)
     model = TinyNet()
-    cfg = load_config("research", overrides=["gradients.sample_size=1024"])
+    cfg = load_config("research", overrides=["gradients.sample_size=1024", *extra])
     tracker = DiagnosticTracker(model, cfg, num_classes=CLASSES, rng_seed=tracker_seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     rows = []
@@ -210,8 +210,14 @@ def test_same_seed_gives_the_same_rows_and_the_seed_matters():
     assert a == b
     for prefix in ("grad_p", "sharpness_"):  # the gradient sample and the perturbations both follow it
         assert any(a[i][k] != c[i][k] for i in range(2) for k in a[0] if k.startswith(prefix)), prefix
-    unsampled = [k for k in a[0] if not (k.startswith(("grad_p", "grad_hist_", "sharpness")))]
+    # the default path also takes the std's mean and the shares (health follows) from the sample
+    sampled = ("grad_p", "grad_hist_", "sharpness", "grad_std_", "grad_vanishing_", "grad_exploding_", "grad_health")
+    assert any(a[i][k] != c[i][k] for i in range(2) for k in a[0] if k.startswith("grad_std_"))
+    unsampled = [k for k in a[0] if not k.startswith(sampled)]
     assert all(a[i][k] == c[i][k] for i in range(2) for k in unsampled)
+    exact_a, exact_c = run_rows(7, "gradients.exact=true"), run_rows(8, "gradients.exact=true")
+    unsampled = [k for k in exact_a[0] if not (k.startswith(("grad_p", "grad_hist_", "sharpness")))]
+    assert all(exact_a[i][k] == exact_c[i][k] for i in range(2) for k in unsampled)
 
 
 def tracked_training(profile: str) -> tuple[list[dict[str, object]], dict[str, bytes], bytes]:

@@ -60,14 +60,17 @@ def close(actual, expected, rel=1e-5, abs_=1e-9) -> bool:
 
 # ---- gradients ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("exact", ["false", "true"])
 @pytest.mark.parametrize("every_n", [1, 3])
-def test_gradient_norm_std_fractions_are_step_means_of_float64_references(every_n):
+def test_gradient_norm_std_fractions_are_step_means_of_float64_references(every_n, exact):
+    """Both paths: the exact one, and the sampled default, which reads TinyNet's layers (at most 4,096
+    elements each) whole in a step of at most 16 batches, so it must match exactly too."""
     torch.manual_seed(0)
     model = TinyNet()
     vanish, explode = 1e-3, 2e-2
     cfg = load_config("diagnostic", overrides=[f"gradients.vanishing_threshold={vanish}",
                                                 f"gradients.exploding_threshold={explode}",
-                                                f"gradients.every_n_batches={every_n}"])
+                                                f"gradients.every_n_batches={every_n}", f"gradients.exact={exact}"])
     tracker = DiagnosticTracker(model, cfg, num_classes=CLASSES)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     data = make_batches(13)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ import torch
 from support.policies import mlp_logits, standardize
 
 from pipelines.cli import main
+from pipelines.experiment.compare import CompareError, CompareSpec, _settled
 from telemetry.packs.manifest import read_manifest
+from telemetry.packs.reader import open_pack
 
 GEN = ["--dataset", "synthetic", "--epochs", "6", "--counterfactual", "1", "--counterfactual-epochs", "2"]
 RUN = ["compare", "--baseline", "minimal", "--candidate", "diagnostic", "--episodes", "17", "--seeds", "2",
@@ -242,3 +245,20 @@ def test_a_pack_without_the_candidate_features_is_refused(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not hold the candidate profile 'diagnostic'" in err, err
     assert not (out / "models").exists()
+
+
+def test_with_a_pack_its_own_settings_are_used_and_recorded(report: Path) -> None:
+    """--pack once ignored --seed/--epochs/--dataset and recorded them anyway, so two 'replicates' of one
+    pack looked independent: now the pack's settings are the spec's, and another value is refused."""
+    pack = open_pack(report / "pack")
+    generation = pack.manifest.provenance.model_extra["generation"]
+    spec = _settled(CompareSpec(seeds=1, episodes=None), pack)
+    assert (spec.seed, spec.epochs, spec.dataset, spec.counterfactual_fraction, spec.counterfactual_epochs,
+            spec.episodes) == (generation["rng_seed"], generation["epochs"], generation["dataset"],
+                               generation["counterfactual_fraction"], generation["counterfactual_epochs"], 17)
+    assert _settled(replace(spec, seeds=3), pack) == replace(spec, seeds=3)  # the same values given: fine
+    for change, flag in (({"seed": 5}, "--seed 5"), ({"epochs": 25}, "--epochs 25"),
+                         ({"dataset": "digits"}, "--dataset digits"), ({"counterfactual_fraction": 0.1},
+                                                                       "--counterfactual 0.1")):
+        with pytest.raises(CompareError, match=f"{flag} conflicts with --pack"):
+            _settled(CompareSpec(seeds=1, episodes=None, **change), pack)

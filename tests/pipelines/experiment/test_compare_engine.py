@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.cli import main
 
-RUN = ["compare", "--baseline", "minimal", "--candidate", "diagnostic", "--episodes", "2", "--seeds", "1",
+RUN = ["compare", "--baseline", "minimal", "--candidate", "diagnostic", "--episodes", "17", "--seeds", "1",
        "--dataset", "synthetic", "--epochs", "3", "--online-episodes", "1", "--quiet"]
 
 

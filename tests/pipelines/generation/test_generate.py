@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,3 +253,41 @@ def test_an_existing_pack_is_not_overwritten_without_resume(reference_pack: Path
     assert main(["generate", *ARGS, "--episodes", "2", "--out", str(reference_pack)]) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert (reference_pack / "manifest.json").read_bytes() == before
+
+
+def test_a_pack_whose_current_link_was_removed_is_repaired_never_recreated(reference_pack: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`cp -a PACK x; rm x/current; esper generate --profile minimal ... --resume` once took the pack for an
+    interrupted create and deleted its committed episodes. Now the link is repaired and the other
+    settings refused; with the pack's settings the resume completes it as usual."""
+    copy = Path(shutil.copytree(reference_pack, tmp_path / "x", symlinks=True))
+    kept = sorted(str(p.relative_to(copy)) for p in (copy / ".versions").rglob("*"))
+    (copy / "current").unlink()
+    other = ["generate", "--profile", "minimal", "--dataset", "synthetic", "--epochs", "3", "--episodes", "2",
+             "--quiet", "--resume", "--out", str(copy)]
+    assert main(other) == 2
+    assert "--resume: the pack was generated with" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(copy)) for p in (copy / ".versions").rglob("*")) == kept
+    assert all(a.equals(b) for a, b in zip(content(copy), content(reference_pack), strict=True))
+    (copy / "current").unlink()
+    assert main(["generate", *ARGS, "--episodes", str(EPISODES), "--out", str(copy), "--resume"]) == 0
+    assert all(a.equals(b) for a, b in zip(content(copy), content(reference_pack), strict=True))
+
+
+def test_a_create_that_loses_a_race_names_the_command_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Another run creates the pack between the check and the create: the CLI says what to do, not
+    which library call to make."""
+    out, create = tmp_path / "out", PackWriter.create
+
+    def racing(path, *args, **kwargs):
+        other = create(path, *args, **kwargs)  # the other run wins
+        other.close()
+        return create(path, *args, **kwargs)
+
+    monkeypatch.setattr(PackWriter, "create", racing)
+    assert main(["generate", "--profile", "minimal", "--dataset", "synthetic", "--epochs", "3", "--episodes", "2",
+                 "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another run created a pack there meanwhile; pass --resume" in err, err
+    assert "open_append" not in err

@@ -263,6 +263,16 @@ def test_bad_train_settings_are_one_line_and_write_nothing(pack_name: str, chang
     assert list(tmp_path.iterdir()) == []
 
 
+def test_no_weight_decay_is_a_valid_setting(diagnostic: Path, tmp_path: Path) -> None:
+    """--weight-decay 0 (plain Adam steps) trains and is recorded; a negative one is refused."""
+    out = tmp_path / "model"
+    assert main(["train", str(diagnostic), "--features", "minimal", "--target", "heuristic", "--max-epochs", "2",
+                 "--weight-decay", "0", "--out", str(out)]) == 0
+    assert json.loads((out / "policy.json").read_text())["training"]["weight_decay"] == 0.0
+    with pytest.raises(Exception, match="--weight-decay must be a finite number >= 0, got -0.1"):
+        TrainOptions(weight_decay=-0.1).check()
+
+
 def test_an_existing_out_is_never_overwritten(diagnostic: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "model"
     out.mkdir()

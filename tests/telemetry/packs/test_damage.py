@@ -267,3 +267,38 @@ def test_cli_reports_damage_in_one_line_with_the_documented_status(pack: Path, t
     else:
         assert code == 0 and err == ""
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda d: d["split_stats"]["train"]["columns"]["val_loss"].update(mean=123.0),
+     "split_stats.train: val_loss mean is 123.0, but the files give"),
+    (lambda d: d["split_stats"]["train"]["columns"]["val_loss"].update(m2=0.0),
+     "split_stats.train: val_loss std is 0.0, but the files give"),
+    (lambda d: d["split_stats"]["test"].update(action_distribution={"WAIT": 1}),
+     "split_stats.test: action_distribution is {'WAIT': 1}, but the files give"),
+    (lambda d: d["quick_stats"]["columns"]["train_loss"].update(mean=-1.0),
+     "quick_stats: train_loss mean is -1.0, but the split_stats merged give"),
+])
+def test_validate_recomputes_quick_stats_so_a_hand_edit_cannot_pass(pack: Path, edit: Callable[[dict], Any],
+                                                                    says: str) -> None:
+    """Quick stats standardise every tensor and policy: validate checks them against the files."""
+    assert validate_pack(pack) == []
+    data = json.loads((pack / MANIFEST_NAME).read_text())
+    edit(data)
+    (pack / MANIFEST_NAME).write_text(json.dumps(data))
+    problems = validate_pack(pack)
+    assert problems and problems[0].startswith(f"manifest.json: {says}"), problems
+    assert all(p.endswith("(edited by hand?)") for p in problems)  # a split's edit also unbalances the total
+
+
+def test_a_quick_stat_dropped_by_hand_is_refused_when_the_manifest_is_read(pack: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    """Found by the long fuzz run: a column's mean dropped from split_stats made validate (and the next
+    commit) fail merging None into a float, a traceback; the manifest itself is refused now."""
+    data = json.loads((pack / MANIFEST_NAME).read_text())
+    data["split_stats"]["train"]["columns"]["val_loss"].pop("mean")
+    (pack / MANIFEST_NAME).write_text(json.dumps(data))
+    for command in ("validate", "inspect", "query"):
+        code, _, err = run_cli(capsys, command, str(pack), *(["SELECT 1"] if command == "query" else []))
+        assert code == 2 and err.count("\n") == 1, err
+        assert "split_stats.train.columns.val_loss" in err and "finite values but no min, max or mean" in err

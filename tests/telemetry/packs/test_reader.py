@@ -3,6 +3,7 @@ against independently recomputed statistics, and damaged, missing or unlisted fi
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import duckdb
@@ -15,6 +16,8 @@ from support.packs import make_episodes, reference, write_pack
 from telemetry.errors import PackError
 from telemetry.packs.manifest import read_manifest
 from telemetry.packs.reader import open_pack
+from telemetry.packs.validate import validate_pack
+from telemetry.packs.writer import PackWriter
 
 EPISODES = make_episodes(0, 10, steps=5)
 
@@ -174,3 +177,74 @@ def test_a_folder_that_looks_like_a_partition_does_not_confuse_duckdb(pack, tmp_
     rows = con.sql("SELECT split, count(*) FROM steps GROUP BY split ORDER BY split").fetchall()
     expected = sorted((s, n.steps) for s, n in read_manifest(odd).split_stats.items() if n.steps)
     assert rows == expected
+
+
+def test_an_open_connection_reads_its_commit_while_a_writer_commits_and_compacts(tmp_path):
+    """A DuckDB connection made before a compaction (which drops the small files from the next
+    version) still reads its own commit: the views read through the opened version folder."""
+    path = tmp_path / "pack"
+    first, more = EPISODES[:6], make_episodes(10, 4, steps=5)
+    write_pack(path, first, commit_every=1)
+    config, schema, _ = reference()
+    writer = PackWriter.open_append(path, config, schema)
+    for episode, steps in more:
+        writer.add_episode(episode, steps)
+        writer.commit()
+    pack = open_pack(path)
+    con, lazy = pack.duckdb(), pack.lazy()
+    writer.compact()
+    assert {f.path for f in pack.manifest.files} - {f.path for f in writer.manifest.files}, "nothing superseded"
+    rows = sum(len(s) for _, s in [*first, *more])
+    assert con.sql("SELECT count(*) FROM steps").fetchall() == [(rows,)]
+    assert lazy.collect().height == rows
+    writer.close()
+
+
+def test_a_file_of_another_profile_is_refused_even_with_a_correct_manifest_entry(copy, tmp_path):
+    """A minimal pack's file in a diagnostic pack would read its extra features as nulls (zeros in
+    tensors): every reader refuses it, naming the file and the columns it lacks."""
+    write_pack(tmp_path / "minimal", make_episodes(0, 10, steps=5, profile="minimal"), commit_every=4,
+               profile="minimal", splits={"train": 0.6, "val": 0.2, "test": 0.2})
+    manifest = json.loads((copy / "manifest.json").read_text())
+    other = json.loads((tmp_path / "minimal" / "manifest.json").read_text())
+    entry = next(f for f in manifest["files"] if f["table"] == "steps")
+    twin = next(f for f in other["files"] if f["table"] == "steps")  # the same episodes, written alike
+    assert (twin["split"], twin["rows"]) == (entry["split"], entry["rows"])
+    shutil.copy(tmp_path / "minimal" / twin["path"], copy / entry["path"])
+    entry.update(bytes=twin["bytes"], sha256=twin["sha256"], rows=twin["rows"])
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    lacking = len(reference()[1]) - len(reference("minimal")[1])
+    for read in (lambda p: p.steps(), lambda p: p.tensors(), lambda p: p.duckdb(), lambda p: p.lazy()):
+        with pytest.raises(PackError, match=f"{entry['path']}: lacks {lacking} column"):
+            read(open_pack(copy))
+    problems = validate_pack(copy)
+    assert len(problems) == 1 and f"lacks {lacking} column(s)" in problems[0]
+
+
+def test_a_footer_that_does_not_decode_is_a_clean_error_without_verify(copy):
+    """Found by the long fuzz run: a flipped byte in a column name of the footer made pyarrow raise
+    UnicodeDecodeError, which escaped open_pack(verify=False) as a traceback."""
+    entry = next(f for f in read_manifest(copy).files if f.table == "steps")
+    path = copy / entry.path
+    data = bytearray(path.read_bytes())
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    at = data.index(b"episode_id", footer)  # the schema's name for the first column
+    data[at] = 0xE5  # a UTF-8 lead byte without its continuation
+    path.write_bytes(bytes(data))
+    with pytest.raises(PackError, match=f"{entry.path}: not readable as Parquet"):
+        open_pack(copy, verify=False).steps()
+    assert any(entry.path in p for p in validate_pack(copy))
+
+
+def test_masks_of_another_action_vocabulary_are_refused(copy):
+    """Found by the long fuzz run: an action dropped from manifest.json's list made tensors() fail with
+    numpy's reshape error; validate now names it too (labels outside the list would vanish)."""
+    manifest = json.loads((copy / "manifest.json").read_text())
+    dropped = manifest["actions"].pop()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackError, match=f"but manifest.json lists {len(manifest['actions'])} actions"):
+        open_pack(copy).tensors()
+    problems = validate_pack(copy)
+    assert any(f"action_mask has [{len(manifest['actions']) + 1}] entries per step" in p for p in problems)
+    steps = open_pack(copy, verify=False).steps(columns=["action"]).column("action").to_pylist()
+    assert (dropped in steps) == any(f"action {dropped!r} is not one of" in p for p in problems)

@@ -70,3 +70,18 @@ def test_repair_of_something_that_is_not_a_pack_is_bad_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "repair", str(tmp_path / "empty"))
     assert code == 2 and "not a pack" in err
+
+
+def test_repair_points_a_removed_current_at_the_last_complete_commit(pristine, tmp_path, capsys):
+    """`rm PACK/current`: every committed version is kept, the reader names the fix, repair applies it."""
+    copy = Path(shutil.copytree(pristine, tmp_path / "copy", symlinks=True))
+    versions = sorted(p.name for p in (copy / ".versions").iterdir())
+    (copy / "current").unlink()
+    with pytest.raises(PackError, match=f"run `esper repair {copy}`"):
+        read_manifest(copy)
+    code, out, _ = run_cli(capsys, "repair", str(copy))
+    commit = read_manifest(pristine).commit
+    assert code == 0 and f"pointed current at .versions/{commit:06d}" in out, out
+    assert sorted(p.name for p in (copy / ".versions").iterdir()) == versions
+    assert validate_pack(copy) == []
+    assert_bit_equal(read_back(copy), read_back(pristine))
