@@ -156,3 +156,16 @@ def test_every_episode_gets_one_dormant_branch_point():
         assert found == ["dormant"]  # one dormant point whatever the fraction; live strata at its chance
     spec = GenerationSpec(load_config("minimal"), dataset="synthetic", epochs=8, counterfactual_fraction=0.0)
     assert all(s["counterfactual"] is None for s in run_episode(spec, 0, data).steps)
+
+
+def test_explain_ranks_the_actions_by_their_value(pack):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["explain", str(pack), "0", "--format", "json"]) == 0
+    brief = json.loads(out.getvalue())
+    steps = {r["step"]: r for r in open_pack(pack).steps(episodes=["ep-000000"]).to_pylist()}
+    assert brief["counterfactuals"]
+    for c in brief["counterfactuals"]:
+        stored = {v["action"]: v["value"] for v in steps[c["step"]]["counterfactual"]}
+        assert [v["action"] for v in c["values"]] == sorted(stored, key=lambda a: -stored[a])
+        assert {v["action"]: v["value"] for v in c["values"]} == pytest.approx(stored)
