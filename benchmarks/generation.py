@@ -20,6 +20,13 @@ eph(W) / (W * eph(1)) is each engine's scaling efficiency.
     python benchmarks/generation.py --quick     # under a minute on 2 CPU cores
     python benchmarks/generation.py --json      # one JSON object
     python benchmarks/generation.py --engine ray [--quick]   # Ray against the local pool, 1..all cores
+    python benchmarks/generation.py --against b0de67c [--quick]  # time per episode against that commit
+
+Against a commit (`--against REV`): REV's tree is extracted with `git archive` into a temporary
+folder, and the same in-process timing (one thread, behaviour policy, no rollouts, each tree's own
+default data set and environment) runs in alternating subprocesses, one per tree and repetition;
+the ratio is the median over repetitions of this tree's mean time per episode over REV's. This is
+how an environment redesign is held to "within 1.5x of the previous time per episode".
 """
 
 from __future__ import annotations
@@ -27,8 +34,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -180,6 +190,46 @@ def breakdown(args: argparse.Namespace, profile: str) -> dict[str, float]:
             **{f"{label}_share": round(s / total, 4) for label, s in sorted(timers.seconds.items())}}
 
 
+_TIMING = """
+import json, sys, time, torch
+torch.set_num_threads(1)
+from pipelines.environment.datasets import load_dataset
+from pipelines.generation.episode import GenerationSpec, run_episode
+from telemetry import load_config
+profile, episodes, epochs, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+spec = GenerationSpec(load_config(profile), epochs=epochs, rng_seed=seed, counterfactual_fraction=0.0)
+data = load_dataset(spec.dataset)
+times = []
+for i in range(episodes):
+    start = time.perf_counter()
+    run_episode(spec, i, data)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"dataset": spec.dataset, "seconds": times}))
+"""
+
+
+def against(args: argparse.Namespace) -> dict[str, Any]:
+    """Mean time per episode of this tree and of `args.against`, alternating subprocesses."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="esper-baseline-") as base:
+        archive = subprocess.run(["git", "-C", str(root), "archive", args.against], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", base], input=archive.stdout, check=True)
+        trees = {"this": str(root), "baseline": base}
+        runs: dict[str, list[float]] = defaultdict(list)
+        datasets: dict[str, str] = {}
+        for rep in range(args.reps):
+            for name in (("this", "baseline") if rep % 2 else ("baseline", "this")):
+                out = subprocess.run([sys.executable, "-c", _TIMING, args.profile, str(args.episodes),
+                                      str(args.epochs), str(args.seed)], capture_output=True, text=True,
+                                     check=True, cwd=trees[name], env={**os.environ, "PYTHONPATH": trees[name]})
+                found = json.loads(out.stdout.strip().splitlines()[-1])
+                datasets[name] = found["dataset"]
+                runs[name].append(statistics.mean(found["seconds"]))
+    ratios = [t / b for t, b in zip(runs["this"], runs["baseline"], strict=True)]
+    return {"against": args.against, "datasets": datasets, "seconds_per_episode": dict(runs),
+            "this_over_baseline": round(statistics.median(ratios), 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="4 episodes of 10 epochs, 1 repetition")
@@ -188,13 +238,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--dataset", default="digits")
+    p.add_argument("--dataset", default="digits_hard")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--breakdown-episodes", type=int, default=4)
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="ray: compare the Ray engine with the local pool at 1..all cores instead")
     p.add_argument("--profile", default="diagnostic", help="profile of the engine comparison's episodes")
+    p.add_argument("--against", metavar="REV", help="time per episode against this commit instead")
     args = p.parse_args(argv)
+    if args.against:
+        if args.quick:
+            args.episodes, args.epochs, args.reps = 3, 10, 2
+        result = against(args)
+        print(json.dumps(result) if args.json else
+              f"{args.profile}, {args.episodes} episodes x {args.epochs} epochs, {args.reps} repetitions: "
+              f"this tree ({result['datasets']['this']}) / {args.against} ({result['datasets']['baseline']}) "
+              f"time per episode = {result['this_over_baseline']:.3f} (median of repetitions); "
+              f"seconds per episode {result['seconds_per_episode']}")
+        return 0
     if args.engine == "ray":
         if args.quick:
             args.episodes, args.epochs, args.reps = 8, 10, 1

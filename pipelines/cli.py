@@ -14,8 +14,9 @@ from telemetry.cli import Registrar, library_registrars, profiles_registrar, run
 
 def _reference_host():
     from pipelines.environment.host import HostCNN
+    from pipelines.environment.morphogenetic_env import SLOT
 
-    return HostCNN(in_channels=3, num_classes=10)
+    return HostCNN(in_channels=3, num_classes=10, slots=(SLOT,))
 
 
 def registrars() -> list[Registrar]:

@@ -84,6 +84,24 @@ class PerClassConfig(BaseModel):
     track_confusion: bool = False
 
 
+class LifecycleConfig(BaseModel):
+    """The lifecycle group (probes/lifecycle.py): on in every profile, so every policy sees what the
+    heuristic sees; `blueprints` names the one-hot columns, in order."""
+
+    model_config = _STRICT
+
+    enabled: bool = True
+    blueprints: list[str] = Field(default_factory=lambda: ["conv", "attention", "norm", "depthwise"])
+
+    @field_validator("blueprints")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        bad = [b for b in value if not b.isidentifier() or not b.islower()]
+        if bad or len(set(value)) != len(value):
+            raise ValueError(f"blueprints must be distinct lower-case identifiers, got {value}")
+        return value
+
+
 class TelemetryConfig(BaseModel):
     """Everything that decides which features a pack holds; stored whole in the manifest."""
 
@@ -94,6 +112,7 @@ class TelemetryConfig(BaseModel):
     gradients: GradientConfig = Field(default_factory=GradientConfig)
     loss_landscape: LossLandscapeConfig = Field(default_factory=LossLandscapeConfig)
     per_class: PerClassConfig = Field(default_factory=PerClassConfig)
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     track_weight_norms: bool = False
     track_activation_stats: bool = False
 

@@ -1,10 +1,15 @@
-"""Seed blueprints: small modules that map C channels to C channels and start as the identity.
+"""Seed blueprints: small modules that map C channels to C channels.
 
-Every blueprint is initialised so that `seed(x) == x` for the non-negative activations a slot sees
-(slots sit after a ReLU and max-pool): the last learned scale of each residual branch starts at zero.
-A freshly germinated seed therefore cannot damage the host when it is blended in, and what it adds
-is exactly what it learned. Gradients still reach every parameter at initialisation, because the
-zero sits on a multiplicative scale rather than behind a ReLU.
+`conv`, `attention` and `depthwise` are initialised so that `seed(x) == x` for the non-negative
+activations a slot sees (slots sit after a ReLU): the last learned scale of each residual branch
+starts at zero, so a fresh seed cannot damage the host when it is blended in, and what it adds is
+exactly what it learned. Gradients still reach every parameter at initialisation, because the zero
+sits on a multiplicative scale rather than behind a ReLU.
+
+`norm` (`Renorm`) is deliberately not the identity: it adds a unit-scale, per-sample renormalised
+copy of the features from the start. That is what makes it the remedy of a collapsed activation
+scale (vanishing gains, dead units after the last block) and a harm to a host trained at a far too
+high learning rate: the environment needs remedies that depend on the cause (issue 12).
 """
 
 from __future__ import annotations
@@ -56,13 +61,16 @@ def group_count(channels: int, target: int = 8) -> int:
     return 1
 
 
-class ResidualGroupNorm(nn.Module):
-    """x + scale * GroupNorm(x), scale per channel and learned from zero: renormalises features."""
+class Renorm(nn.Module):
+    """x + scale * GroupNorm(x), scale per channel starting at `init` (1): renormalises features.
 
-    def __init__(self, channels: int) -> None:
+    Not the identity at germination: it lifts a collapsed activation scale at once; the blending
+    ramp still phases it in. (A zero start, the old `norm`, could not rescue a vanishing host.)"""
+
+    def __init__(self, channels: int, init: float = 1.0) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(group_count(channels), channels)
-        self.scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.scale = nn.Parameter(torch.full((1, channels, 1, 1), float(init)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.scale * self.norm(x)
@@ -87,7 +95,7 @@ class DepthwiseSeparable(nn.Module):
 BLUEPRINTS: dict[str, Callable[[int], nn.Module]] = {
     "conv": ResidualConv,
     "attention": SqueezeExcite,
-    "norm": ResidualGroupNorm,
+    "norm": Renorm,
     "depthwise": DepthwiseSeparable,
 }
 

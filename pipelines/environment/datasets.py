@@ -1,7 +1,13 @@
 """Datasets for the environment, as normalised in-memory tensors with a fixed train/validation split.
 
+- `digits_hard`: the environment's default. The digits below, each image with fixed Gaussian pixel
+  noise (std 0.2 of the [0, 1] range, drawn once from a fixed generator: the same images in every
+  episode), split three ways, stratified: held-out test 30% (539), decision validation 20% (359),
+  train 899. Healthy hosts reach ~90% instead of the clean digits' ~98%, so remedies have headroom.
+  The test split is read only by the episode's final score (`primary_score`); features, the
+  heuristic's seed-path gain and counterfactual labels use the decision-validation split.
 - `digits`: the handwritten digits that ship with scikit-learn (1,797 8x8 grayscale images, 10
-  classes); real data, no download. The embedded default.
+  classes); real data, no download.
 - `cifar10`: the standard CIFAR-10 python batches (`data_batch_1..5`, `test_batch`) a user already
   has, read from `data_dir` (or its `cifar-10-batches-py` folder). Train = the five data batches,
   validation = the test batch. The pickles are read with an unpickler that only accepts the few
@@ -24,7 +30,11 @@ import torch
 
 from telemetry import EsperError
 
-DATASETS = ("digits", "cifar10", "synthetic")
+DATASETS = ("digits_hard", "digits", "cifar10", "synthetic")
+HARD_NOISE = 0.2  # std of digits_hard's pixel noise, in units of the [0, 1] pixel range
+HARD_VAL_FRACTION, HARD_TEST_FRACTION = 0.2, 0.3
+HARD_NOISE_SEED = 0x0D16175
+WITH_TEST_SPLIT = ("digits_hard",)  # the data sets a primary score can be computed on
 NUM_CLASSES = 10  # all three have ten classes; fixed, so a small subset cannot shrink the head
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_FILE = "test_batch"
@@ -44,6 +54,8 @@ class Dataset:
     x_val: torch.Tensor
     y_val: torch.Tensor
     num_classes: int
+    x_test: torch.Tensor | None = None  # held-out host test split: read only by the final score
+    y_test: torch.Tensor | None = None
 
     @property
     def channels(self) -> int:
@@ -62,6 +74,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_fraction:
     `max_train` keeps the first N training examples after the split (for quick runs on CIFAR-10);
     `num_samples` is the size of the synthetic set.
     """
+    if name == "digits_hard":
+        return load_digits_hard(split_seed=split_seed)
     if name == "digits":
         x, y = _digits()
         parts = _split(x, y, val_fraction, split_seed)
@@ -88,6 +102,24 @@ def _finish(name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarr
 
     return Dataset(name, tensor(x_train), torch.from_numpy(y_train.astype(np.int64)), tensor(x_val),
                    torch.from_numpy(y_val.astype(np.int64)), num_classes)
+
+
+def load_digits_hard(*, noise: float = HARD_NOISE, val_fraction: float = HARD_VAL_FRACTION,
+                     test_fraction: float = HARD_TEST_FRACTION, split_seed: int = 0) -> Dataset:
+    """Digits with fixed pixel noise, split into train / decision validation / held-out test.
+
+    The noise is drawn once per image from a fixed generator, so the task is harder at no extra
+    cost per epoch; the test split is normalised with the training split's statistics, like the rest."""
+    x, y = _digits()
+    x = x + np.random.default_rng(HARD_NOISE_SEED).normal(scale=noise, size=x.shape).astype(np.float32)
+    rest_x, rest_y, x_test, y_test = _split(x, y, test_fraction, split_seed + 1)
+    x_train, y_train, x_val, y_val = _split(rest_x, rest_y, val_fraction / (1 - test_fraction), split_seed)
+    ds = _finish("digits_hard", x_train, y_train, x_val, y_val, max_train=None)
+    mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
+    std = x_train.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+    test = torch.from_numpy(((x_test - mean) / std).astype(np.float32))
+    return Dataset(ds.name, ds.x_train, ds.y_train, ds.x_val, ds.y_val, ds.num_classes,
+                   test, torch.from_numpy(y_test.astype(np.int64)))
 
 
 def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:

@@ -12,6 +12,12 @@
 Each `step` is one decision: the action is applied to the slot's seed lifecycle, then one epoch is
 trained and validated under the DiagnosticTracker, whose row is the next observation.
 
+Every epoch is `batches_per_epoch` optimizer steps (12) whatever the cause, drawn from consecutive
+shuffles of the episode's training set: a cause that shrinks the training set must not show in
+`global_step`. The one seed slot (`slot2`) sits after the last block, before pooling and the head.
+The episode's primary score (`primary_score.py`) is the held-out test accuracy at the end minus the
+parameter-epochs its seeds held; `param_epochs` accrues that cost as the episode runs.
+
 Determinism: every random choice comes from a generator seeded from `rng_seed` (host and seed
 initialisation, data shuffling, the scenario's data corruption, the tracker's sampling), never from
 the global RNGs, so an episode depends only on (rng_seed, episode index) and on nothing a worker process
@@ -38,10 +44,11 @@ from pipelines.environment.datasets import Dataset
 from pipelines.environment.global_rng import capture_global_rng, restore_global_rng
 from pipelines.environment.host import HostCNN, SeedSlot
 from pipelines.environment.lifecycle import LIVE_STAGES, SeedLifecycle
+from pipelines.environment.primary_score import PrimaryScore, primary_score
 from pipelines.environment.scenarios import NOMINAL_LR, Scenario
 from telemetry import DiagnosticTracker, SeedStage, SeedStatus, TelemetryConfig
 
-SLOT = "slot1"
+SLOT = "slot2"  # after block 3: where the vanishing and dead-unit stalls can be reached
 # Learning-rate factor as a function of episode progress in [0, 1). "step" keeps the scenario's rate
 # for the first 80% of the episode, then divides it by 10, as common recipes do: the cause acts for
 # most of the episode, and the final accuracy is measured after a calmer phase, not on one noisy epoch.
@@ -72,8 +79,11 @@ class EnvOptions:
     seed_lr: float = NOMINAL_LR
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    param_cost: float = 0.01  # accuracy points per epoch per 100% extra parameters held in seeds
+    # Accuracy points per epoch per 100% extra parameters held in seeds: the primary score's and the
+    # reward's cost term (a seed as large as the host held for 10 epochs costs 1 point).
+    param_cost: float = 0.1
     lr_schedule: str = "step"  # see LR_SCHEDULES
+    batches_per_epoch: int = 12  # optimizer steps per epoch, the same for every cause
 
 
 @dataclass
@@ -91,7 +101,7 @@ class EnvState:
 
 
 class MorphogeneticEnv:
-    """One episode of a host with one seed slot (`slot1`), driven one decision per epoch.
+    """One episode of a host with one seed slot (`slot2`), driven one decision per epoch.
 
     `epochs` counts every trained epoch: `reset` trains epoch 0, then `epochs - 1` decisions follow.
     The scenario's learning rate drives the host's parameter group; each seed gets its own group at
@@ -127,7 +137,7 @@ class MorphogeneticEnv:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._rng_seeds["host_init"])
             self.model = HostCNN(ds.channels, ds.num_classes, width=self.options.width * sc.width,
-                                 input_size=ds.size)
+                                 input_size=ds.size, slots=(SLOT,))
         sc.initialise(self.model)
         self.model.to(self.device)
         self.optimizer = self._make_optimizer()
@@ -135,6 +145,9 @@ class MorphogeneticEnv:
         self.shuffle.manual_seed(self._rng_seeds["shuffle"])
         self.tracker = DiagnosticTracker(self.model, self.config, ds.num_classes, rng_seed=self._rng_seeds["tracker"])
         self.epoch, self.done, self.accuracy = 0, False, 0.0
+        self.param_epochs = 0.0  # sum over trained epochs after a decision of the seed's parameter share
+        self.tried: tuple[str, ...] = ()  # blueprints germinated so far, in order
+        self.isolated_seed_loss: float | None = None
         self.seed_path_accuracy: float | None = None
 
     @property
@@ -195,6 +208,7 @@ class MorphogeneticEnv:
                            accuracy=self.accuracy)
             lr = self.options.seed_lr
             self.optimizer.add_param_group({"params": list(seed.parameters()), "lr": lr, "base_lr": lr})
+            self.tried = (*self.tried, action.blueprint)
         elif action == Action.ADVANCE:
             slot.advance(epoch)
         elif action == Action.FOSSILIZE:
@@ -227,14 +241,15 @@ class MorphogeneticEnv:
         self._train_epoch()
         accuracy = self._validate()
         lifecycle.end_epoch()
+        self.param_epochs += self.seed_parameter_share()  # zero at epoch 0: no decision, no seed yet
         row = self.tracker.end_step(epoch=self.epoch, seed=self._seed_status(accuracy))
         return row, accuracy
 
     def _train_epoch(self) -> None:
-        """One pass over the training set; a TRAINING seed also learns from its isolated loss."""
+        """`batches_per_epoch` optimizer steps; a TRAINING seed also learns from its isolated loss."""
         model, opt, tracker = self.model, self.optimizer, self.tracker
         model.train()
-        order = torch.randperm(len(self.y_train), generator=self.shuffle).to(self.device)
+        order = self._epoch_order()
         seed_losses = []
         for idx in order.split(self.options.batch_size):
             x, y = self.x_train[idx], self.y_train[idx]
@@ -248,6 +263,16 @@ class MorphogeneticEnv:
             if seed_loss is not None:
                 seed_losses.append(seed_loss.detach())
         self.isolated_seed_loss = float(torch.stack(seed_losses).mean()) if seed_losses else None
+
+    def _epoch_order(self) -> torch.Tensor:
+        """`batches_per_epoch` full batches of indices, from as many consecutive shuffles as it takes."""
+        n, need = len(self.y_train), self.options.batches_per_epoch * self.options.batch_size
+        perms = [torch.randperm(n, generator=self.shuffle) for _ in range(-(-need // n))]
+        return torch.cat(perms)[:need].to(self.device)
+
+    def primary_score(self) -> PrimaryScore:
+        """The episode's primary score (primary_score.py); only after its last epoch."""
+        return primary_score(self)
 
     @torch.no_grad()
     def _validate(self, batch_size: int = 1024) -> float:
@@ -299,6 +324,13 @@ class MorphogeneticEnv:
             alpha=life.alpha,
             improvement=0.0 if since is None else accuracy - since,
             available_slots=int(slot.can_germinate),
+            val_accuracy=accuracy,
+            seed_path_accuracy=self.seed_path_accuracy,
+            isolated_seed_loss=self.isolated_seed_loss if life.stage == SeedStage.TRAINING else None,
+            blueprint=life.blueprint if slot.seed is not None else None,
+            tried=self.tried,
+            param_share=self.seed_parameter_share(),
+            param_epochs=self.param_epochs,
         )
 
     # ---- reward and info ---------------------------------------------------------------------------
@@ -344,7 +376,8 @@ class MorphogeneticEnv:
             shuffle_rng=self.shuffle.get_state(),
             global_rng=capture_global_rng(),
             counters={"epoch": self.epoch, "done": self.done, "accuracy": self.accuracy,
-                      "seed_path_accuracy": self.seed_path_accuracy},
+                      "seed_path_accuracy": self.seed_path_accuracy, "param_epochs": self.param_epochs,
+                      "tried": self.tried, "isolated_seed_loss": self.isolated_seed_loss},
         )
 
     def restore(self, state: EnvState) -> None:
@@ -362,8 +395,9 @@ class MorphogeneticEnv:
         self.tracker.load_state_dict(state.tracker)
         self.shuffle.set_state(state.shuffle_rng)
         restore_global_rng(state.global_rng)
-        self.epoch, self.done, self.accuracy, self.seed_path_accuracy = (
-            state.counters[k] for k in ("epoch", "done", "accuracy", "seed_path_accuracy"))
+        (self.epoch, self.done, self.accuracy, self.seed_path_accuracy, self.param_epochs, self.tried,
+         self.isolated_seed_loss) = (state.counters[k] for k in (
+            "epoch", "done", "accuracy", "seed_path_accuracy", "param_epochs", "tried", "isolated_seed_loss"))
 
     def close(self) -> None:
         if self.tracker is not None:

@@ -1,28 +1,31 @@
 """Scenarios: the hidden cause of each episode, one specific way in which training goes wrong.
 
 Every episode draws one scenario and its parameters from a generator seeded by (seed, episode index).
-The scenario changes how the host is configured (learning rate, width, initialisation) or what it
-is trained on (fewer examples, noisy labels); it is never written into the features. It is recorded
+The scenario changes how the host is configured (learning rate, initialisation) or what it is
+trained on (fewer examples, noisy labels); it is never written into the features. It is recorded
 per episode as the cause a policy has to infer from the telemetry.
 
-- healthy: nothing goes wrong; nothing to fix, waiting is as good as any seed.
-- lr_too_low: host lr 300-1000x below nominal: the host barely leaves chance, a stall that looks
-  like vanishing gradients in the loss curves; a residual conv seed (trained at the nominal rate)
-  rescues it, by far the most.
-- lr_too_high: host lr 15-30x above; accuracy oscillates until the schedule's final decay, then
-  recovers. The curves look alarming, but seeds add nothing: the right call is to wait.
-- vanishing_gradients: batch-norm gains and head scaled by 0.025-0.04, so activations and
-  gradients are tiny and accuracy sits near chance for long; the residual GroupNorm seed helps most.
-- too_narrow: host 2-4x narrower, plateaus below healthy; a residual conv seed helps modestly.
-- overfitting: 4-10% of the examples, or 20-40% with 30-50% of labels wrong; train accuracy far
-  above validation. Extra capacity cannot help, so waiting saves the parameters.
+The causes are chosen so that the best action depends on the cause (issue 12): two stalls near
+chance need different seeds, and the seed that rescues them wrecks a noisy host. Measured at n=60
+on `digits_hard` with the seed slot after block 3 (docs/experiments/control-check-v2.json):
 
-(What helps is what `python -m pipelines.experiment.control_check` measures.)
+- healthy: nothing goes wrong; every seed only costs.
+- lr_too_low: host lr 300-1000x below nominal, a stall near chance; the residual conv seed (trained
+  at the nominal rate) rescues it (+58 points), the renorm seed barely.
+- lr_too_high: host lr 50-100x above nominal; noisy, waiting is best, and the renorm `norm` seed
+  wrecks it (some hosts collapse to chance).
+- vanishing_gradients: batch-norm gains and head scaled by 0.015-0.03, a stall; the renorm seed
+  rescues it (+51), conv does not.
+- dead_units: bn3's bias shifted by -4..-3, so the ReLUs after the last block die: a stall that
+  partly recovers; the renorm seed rescues it, conv does not.
+- overfitting: 4-10% of the examples, or 20-40% with 30-50% of labels wrong. Extra capacity cannot
+  help, so waiting saves the parameters.
 
-Seeds are trained by their own optimizer group at the environment's nominal learning rate, so a
-seed is a real remedy for a host whose own learning rate is too low. Several causes look alike in
-the loss curves alone (a low learning rate and vanishing gradients both stall; a high learning rate
-is noisy but harmless in the end); gradient statistics and train/validation gaps tell them apart.
+`REMEDIES` names each cause's remedy blueprint (None: wait); only the privileged expert and the
+counterfactual "replant" continuation read it, never a feature. Seeds are trained by their own
+optimizer group at the nominal learning rate, so a seed is a real remedy for a host whose own rate
+is too low. lr_too_low, vanishing_gradients and dead_units look alike in the loss curves and need
+different remedies.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-SCENARIOS = ("healthy", "lr_too_low", "lr_too_high", "vanishing_gradients", "too_narrow", "overfitting")
+SCENARIOS = ("healthy", "lr_too_low", "lr_too_high", "vanishing_gradients", "dead_units", "overfitting")
+REMEDIES: dict[str, str | None] = {"healthy": None, "lr_too_low": "conv", "lr_too_high": None,
+                                   "vanishing_gradients": "norm", "dead_units": "norm", "overfitting": None}
 NOMINAL_LR = 0.05
 HOST_NORMS = ("bn1", "bn2", "bn3")
 SCENARIO_STREAM = 0x5CE7A210  # separates the scenario draw from every other stream of the episode
@@ -49,6 +54,7 @@ class Scenario:
     init_scale: float = 1.0
     train_fraction: float = 1.0
     label_noise: float = 0.0
+    dead_shift: float = 0.0  # added to bn3's bias: the ReLUs after the last block die (dead_units)
 
     def params(self) -> dict[str, float | str]:
         """Flat mapping for the episodes table."""
@@ -57,13 +63,15 @@ class Scenario:
     def initialise(self, model: nn.Module) -> None:
         """Scale every host batch-norm gain and the head by `init_scale`. Small gains shrink the
         signal block after block until batch norm's epsilon dominates the variance it divides by,
-        so activations and the gradients flowing back through them stay small (vanishing gradients)."""
-        if self.init_scale == 1.0:
-            return
+        so activations and the gradients flowing back through them stay small (vanishing gradients).
+        Shift bn3's bias by `dead_shift`: most units after the last block start (and stay) dead."""
         with torch.no_grad():
-            for name in HOST_NORMS:
-                getattr(model, name).weight.mul_(self.init_scale)
-            model.fc.weight.mul_(self.init_scale)
+            if self.init_scale != 1.0:
+                for name in HOST_NORMS:
+                    getattr(model, name).weight.mul_(self.init_scale)
+                model.fc.weight.mul_(self.init_scale)
+            if self.dead_shift:
+                model.bn3.bias.add_(self.dead_shift)
 
     def training_set(self, x: torch.Tensor, y: torch.Tensor, num_classes: int,
                      rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,11 +97,11 @@ def _draw_params(name: str, rng: np.random.Generator) -> Scenario:
     if name == "lr_too_low":
         return replace(base, lr=_log_uniform(rng, NOMINAL_LR / 1000, NOMINAL_LR / 300))
     if name == "lr_too_high":
-        return replace(base, lr=_log_uniform(rng, NOMINAL_LR * 15, NOMINAL_LR * 30))
+        return replace(base, lr=_log_uniform(rng, NOMINAL_LR * 50, NOMINAL_LR * 100))
     if name == "vanishing_gradients":
-        return replace(base, init_scale=_log_uniform(rng, 0.025, 0.04))
-    if name == "too_narrow":
-        return replace(base, width=float(rng.uniform(0.25, 0.5)))
+        return replace(base, init_scale=_log_uniform(rng, 0.015, 0.03))
+    if name == "dead_units":
+        return replace(base, dead_shift=float(rng.uniform(-4.0, -3.0)))
     if name == "overfitting":
         if rng.random() < 0.5:
             return replace(base, train_fraction=float(rng.uniform(0.04, 0.1)))

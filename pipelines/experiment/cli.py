@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from pipelines.environment.datasets import DATASETS
+from pipelines.environment.datasets import DATASETS, WITH_TEST_SPLIT
 from pipelines.generation.cli import add_engine_arguments, engine_options
-from pipelines.generation.episode import COUNTERFACTUAL_EPOCHS
 from pipelines.training.train import TARGETS, TrainOptions
 from telemetry.cli import path_argument
 
@@ -30,15 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel episode workers")
     add_engine_arguments(p)
     pack_s = "; with --pack, the pack's, and another value is refused"
-    p.add_argument("--dataset", choices=DATASETS, help=f"dataset of the episodes (default digits{pack_s})")
+    p.add_argument("--dataset", choices=DATASETS, help=f"dataset of the episodes (default digits_hard{pack_s})")
     p.add_argument("--data-dir", metavar="DIR", type=path_argument, help="where CIFAR-10's python batch files are")
     p.add_argument("--epochs", type=int, help=f"epochs per episode (default 25{pack_s})")
     p.add_argument("--seed", type=int,
                    help=f"run seed of the pack; online episodes use seed + 1 (default 0{pack_s})")
-    p.add_argument("--counterfactual", type=float, metavar="FRACTION",
-                   help=f"share of steps branched for oracle labels (default 0.1{pack_s})")
+    p.add_argument("--counterfactual", type=float, metavar="P",
+                   help="counterfactual labels: one dormant branch point per episode, and each live lifecycle "
+                        f"stratum with probability P (default 0.5{pack_s})")
     p.add_argument("--counterfactual-epochs", type=int, metavar="K",
-                   help=f"epochs each rollout runs (default {COUNTERFACTUAL_EPOCHS}{pack_s})")
+                   help=f"horizon of each rollout in epochs (default: to the episode's end{pack_s})")
     defaults = TrainOptions()
     p.add_argument("--hidden", type=int, default=defaults.hidden, help=f"MLP width (default {defaults.hidden})")
     p.add_argument("--max-epochs", type=int, default=defaults.max_epochs,
@@ -57,21 +56,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_control_check(sub: argparse._SubParsersAction) -> None:
-    from pipelines.environment.scenarios import SCENARIOS
-    from pipelines.experiment.control_check import STRATEGIES
+    from pipelines.experiment.control_check import STRATEGIES, CheckSpec
 
-    c = sub.add_parser("control-check", help="do the decisions matter? fixed strategies per cause, paired")
-    c.add_argument("--episodes", type=int, default=30, help="episodes, causes in rotation (default 30)")
-    c.add_argument("--epochs", type=int, default=25, help="epochs per episode (default 25)")
+    d = CheckSpec()
+    c = sub.add_parser("control-check", help="does knowing the cause matter? paired strategies per cause, "
+                                             "scored by the primary score")
+    c.add_argument("--episodes", type=int, default=60, help="episodes, causes in rotation (default 60)")
+    c.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per episode (default {d.epochs})")
     c.add_argument("--seed", type=int, default=0, help="run seed; episode e depends only on (seed, e)")
-    c.add_argument("--dataset", default="digits", choices=DATASETS)
+    c.add_argument("--dataset", default=d.dataset, choices=DATASETS,
+                   help=f"needs a held-out test split (default {d.dataset})")
     c.add_argument("--data-dir", metavar="DIR", type=path_argument, help="where CIFAR-10's python batch files are")
-    c.add_argument("--germinate-at", type=int, default=4, help="epoch the schedules germinate at (default 4)")
-    c.add_argument("--train-epochs", type=int, default=3, help="epochs a scheduled seed trains (default 3)")
-    c.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated causes (default: all)")
+    c.add_argument("--germinate-at", type=int, default=d.germinate_at,
+                   help=f"epoch the fixed schedules germinate at (default {d.germinate_at})")
+    c.add_argument("--train-epochs", type=int, default=d.train_epochs,
+                   help=f"epochs a scheduled seed trains (default {d.train_epochs})")
     c.add_argument("--strategies", default=",".join(STRATEGIES),
                    help="comma-separated strategies to play (never is always included)")
-    c.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")
+    c.add_argument("--workers", type=int, default=1, help="episodes at once (default 1)")
+    add_engine_arguments(c)
+    c.add_argument("--results", metavar="FILE", help="also write every run's result here (JSON lines)")
+    c.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     c.set_defaults(func=cmd_control_check)
 
 
@@ -107,28 +112,39 @@ def cmd_pool(args: argparse.Namespace) -> int:
 
 
 def cmd_control_check(args: argparse.Namespace) -> int:
-    from pipelines.environment.scenarios import SCENARIOS
-    from pipelines.experiment.control_check import STRATEGIES, Job, run
+    import json
+
+    from pipelines.experiment.control_check import STRATEGIES, CheckSpec, run_check, runs_of
+    from pipelines.experiment.control_check_report import analyse, text
     from telemetry import EsperError
 
-    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     chosen = {"never", *(s.strip() for s in args.strategies.split(",") if s.strip())}
     unknown = sorted(chosen - set(STRATEGIES))
     if unknown:
         raise EsperError(f"--strategies: unknown {unknown}; expected some of {', '.join(STRATEGIES)}")
-    bad = [s for s in scenarios if s not in SCENARIOS]
-    if bad or not scenarios:
-        raise EsperError(f"--scenarios: {bad[0] if bad else 'empty'!r} is not a cause; "
-                         f"expected a comma-separated subset of {', '.join(SCENARIOS)}")
-    for name in ("episodes", "epochs", "workers"):
-        if getattr(args, name) < (2 if name == "epochs" else 1):
-            raise EsperError(f"--{name} must be >= {2 if name == 'epochs' else 1}, got {getattr(args, name)}")
+    for name, least in (("episodes", 1), ("epochs", 2), ("workers", 1)):
+        if getattr(args, name) < least:
+            raise EsperError(f"--{name} must be >= {least}, got {getattr(args, name)}")
     if args.seed < 0:  # episode streams are numpy SeedSequences, which take non-negative integers only
         raise EsperError(f"--seed must be >= 0, got {args.seed}")
-    job = Job(0, "never", args.seed, args.epochs, args.dataset, args.data_dir, args.germinate_at,
-              args.train_epochs, scenarios)
-    text, seconds, runs = run(args.episodes, chosen, job, args.workers)
-    print(text)
-    print(f"\n{runs} episode runs in {seconds:.0f} s with {args.workers} workers "
-          f"({seconds * args.workers / runs:.2f} s per episode per worker)")
+    if not 0 <= args.germinate_at < args.epochs - 1:
+        raise EsperError(f"--germinate-at must be a decision epoch in [0, {args.epochs - 2}], "
+                         f"got {args.germinate_at}")
+    if args.dataset not in WITH_TEST_SPLIT:
+        raise EsperError(f"--dataset {args.dataset} has no held-out test split, which the primary score reads; "
+                         f"expected one of {', '.join(WITH_TEST_SPLIT)}")
+    engine = engine_options(args)
+    engine.check()
+    spec = CheckSpec(rng_seed=args.seed, epochs=args.epochs, dataset=args.dataset, data_dir=args.data_dir,
+                     germinate_at=args.germinate_at, train_epochs=args.train_epochs)
+    runs = runs_of(args.episodes, chosen)
+    results, seconds = run_check(spec, runs, args.workers, engine)
+    if args.results:
+        with open(args.results, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in results)
+    analysis = analyse(results)
+    analysis.update(seed=args.seed, epochs=args.epochs, dataset=args.dataset, workers=args.workers,
+                    wall_seconds=seconds)
+    print(json.dumps(analysis, indent=1, allow_nan=False) if args.json else
+          text(analysis) + f"\n{len(runs)} runs in {seconds:.0f} s with {args.workers} workers")
     return 0

@@ -36,7 +36,7 @@ import pyarrow as pa
 import torch
 
 from pipelines.environment.host import HostCNN
-from pipelines.environment.morphogenetic_env import EnvOptions
+from pipelines.environment.morphogenetic_env import SLOT, EnvOptions
 from pipelines.experiment.bootstrap import RESAMPLES, SEED, bootstrap_ci
 from pipelines.experiment.report import claim_report_folder
 from pipelines.generation.engine import EngineOptions
@@ -61,8 +61,8 @@ class CompareError(EsperError):
 # differs is refused (it would be recorded, but change nothing). CompareSpec field -> GenerationSpec field.
 PACK_SETTINGS = {"dataset": "dataset", "epochs": "epochs", "seed": "rng_seed",
                  "counterfactual_fraction": "counterfactual_fraction", "counterfactual_epochs": "counterfactual_epochs"}
-GENERATION_DEFAULTS = {"dataset": "digits", "epochs": 25, "seed": 0, "counterfactual_fraction": 0.1,
-                       "counterfactual_epochs": COUNTERFACTUAL_EPOCHS}
+GENERATION_DEFAULTS = {"dataset": "digits_hard", "epochs": 25, "seed": 0, "counterfactual_fraction": 0.5,
+                       "counterfactual_epochs": COUNTERFACTUAL_EPOCHS}  # None: rollouts to the episode's end
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class CompareSpec:
                                    f"({', '.join(profile_names())})")
         if self.baseline == self.candidate:
             raise CompareError(f"--baseline and --candidate are both {self.baseline!r}; expected two profiles")
-        features = profile_feature_names(HostCNN(3, 10), 10)
+        features = profile_feature_names(HostCNN(3, 10, slots=(SLOT,)), 10)
         lacking = [n for n in features[self.baseline] if n not in set(features[self.candidate])]
         if lacking:  # refused now, not after a whole candidate-profile pack was generated
             raise CompareError(f"--baseline {self.baseline} records {len(lacking)} feature(s) that --candidate "
@@ -270,8 +270,8 @@ def _model(spec: CompareSpec, pack: Pack, arm: str, seed: int, out: Path) -> Lea
 
 def _offline(pack: Pack, models: dict[str, list[LearnedPolicy]]) -> dict[str, Any]:
     names = sorted({n for arm in ARMS for m in models[arm] for n in m.feature_names})
-    test = pack.steps(split="test", columns=[*names, "episode_id", "action_mask", "best_action", "counterfactual"])
-    labelled = test.filter(test.column("best_action").is_valid())
+    test = pack.steps(split="test", columns=[*names, "episode_id", "action_mask", "best_actions", "counterfactual"])
+    labelled = test.filter(test.column("best_actions").is_valid())
     per_model = {m.name: _oracle_scores(m, labelled, pack) for arm in ARMS for m in models[arm]}
     agreement = {arm: _mean_over_seeds([per_model[m.name]["agreement"] for m in models[arm]]) for arm in ARMS}
     regret = {arm: _mean_over_seeds([per_model[m.name]["regret"] for m in models[arm]]) for arm in ARMS}
@@ -289,19 +289,19 @@ def _offline(pack: Pack, models: dict[str, list[LearnedPolicy]]) -> dict[str, An
 
 
 def _oracle_scores(policy: LearnedPolicy, labelled: pa.Table, pack: Pack) -> dict[str, dict[str, float]]:
-    """Per test episode: share of labelled steps where the policy picks the oracle's best action, and
-    the mean regret in accuracy points of the policy's choice under the same rollouts."""
+    """Per test episode: share of labelled steps where the policy picks one of the oracle's best actions
+    (a tie set), and the mean regret in points of value of the policy's choice under the same rollouts."""
     actions = list(pack.manifest.actions)
     mask = torch.tensor(labelled.column("action_mask").to_pylist(), dtype=torch.bool).reshape(-1, len(actions))
     chosen = policy.predict(policy.standardize(labelled, str(pack.path)), mask).tolist()
     agreement: dict[str, list[float]] = defaultdict(list)
     regret: dict[str, list[float]] = defaultdict(list)
-    rows = zip(labelled.column("episode_id").to_pylist(), labelled.column("best_action").to_pylist(),
+    rows = zip(labelled.column("episode_id").to_pylist(), labelled.column("best_actions").to_pylist(),
                labelled.column("counterfactual").to_pylist(), chosen, strict=True)
     for episode, best, rollouts, choice in rows:
-        accuracy = {r["action"]: r["accuracy"] for r in rollouts}
-        agreement[episode].append(float(actions[choice] == best))
-        regret[episode].append(accuracy[best] - accuracy[actions[choice]])
+        value = {r["action"]: r["value"] for r in rollouts}
+        agreement[episode].append(float(actions[choice] in best))
+        regret[episode].append(max(value.values()) - value[actions[choice]])
     return {"agreement": {e: float(np.mean(v)) for e, v in sorted(agreement.items())},
             "regret": {e: float(np.mean(v)) for e, v in sorted(regret.items())}}
 

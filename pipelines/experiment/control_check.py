@@ -1,187 +1,142 @@
-"""Do the decisions matter? Fixed strategies per scenario, final accuracy, paired gains with 95% CIs.
+"""Is it a control problem where *why* matters? Paired strategies per cause, scored by the primary score.
 
-    python -m pipelines.experiment.control_check --episodes 30
+    esper control-check --episodes 60 --seed 1 --json
 
-Episode e gets scenario e mod 6 of the mix (a stratified sample of the uniform default mix, so every
-cause has the same number of episodes) with its parameters drawn from (seed, e), and is then played
-once per strategy from the same episode seed, so strategies are compared on identical hosts, data
-and shuffling (paired differences). Strategies:
+Episode e gets cause SCENARIOS[e mod 6] (stratified: the same number of episodes per cause) with its
+parameters drawn from (seed, e), and is played once per strategy from the same episode seed, so
+strategies are compared on identical hosts, data and shuffling (paired differences). Every run is
+scored by the episode's primary score (environment/primary_score.py: held-out test accuracy at the
+end minus 0.1 x seed parameter-epochs). Strategies:
 
 - `never`: WAIT throughout;
-- `heuristic`: heuristic Tamiyo, greedy (the behaviour policy of `esper generate` without exploration);
-- `schedule`: germinate at `--germinate-at`, ADVANCE to TRAINING at once, ADVANCE to BLENDING after
-  `--train-epochs` epochs, FOSSILIZE when the ramp completes; blueprints in rotation by episode;
-- `conv`, `attention`, `norm`, `depthwise`: the same schedule with one blueprint throughout.
+- `heuristic`: heuristic Tamiyo, greedy, blueprint rotation starting at (e // 6) mod 4;
+- `conv`, `attention`, `norm`, `depthwise`: that blueprint germinated at `--germinate-at`, trained
+  `--train-epochs` epochs, blended, fossilized (policies/experts.schedule_action);
+- `heur-conv`, `heur-norm`: the heuristic, always germinating that one blueprint;
+- `oracle`: knows the cause: plants its remedy from epoch 1 on the same schedule, waits where none.
 
-It prints mean final validation accuracy per (scenario, strategy), the best strategy per scenario,
-and each germinating strategy's mean gain over `never` with a 95% t-interval, plus the gain of the
-best strategy per scenario chosen in hindsight (how much a policy that infers the cause could win).
+Every strategy but the oracle is cause-blind. `control_check_report.py` turns the runs into the
+per-cause table and `value_of_knowing_cause` (the per-cause best cause-blind strategy chosen in
+hindsight minus the best cause-blind strategy overall, paired by episode). Runs execute on an
+engine (generation/engine.py), one episode x strategy per key.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing import get_context
-
-import numpy as np
-import torch
-from scipy import stats
+from typing import Any
 
 from pipelines.environment.actions import Action
 from pipelines.environment.blueprints import BLUEPRINTS
-from pipelines.environment.datasets import load_dataset
+from pipelines.environment.datasets import Dataset, load_dataset
 from pipelines.environment.morphogenetic_env import MorphogeneticEnv, episode_rng_seed
-from pipelines.environment.scenarios import SCENARIOS, make_scenario
+from pipelines.environment.scenarios import REMEDIES, SCENARIOS, make_scenario
+from pipelines.generation.engine import Done, EngineOptions, Task, open_engine
+from pipelines.generation.episode_task import one_thread
+from pipelines.policies.experts import FixedBlueprintHeuristic, expert_action, schedule_action
 from pipelines.policies.heuristic import HeuristicTamiyo
-from telemetry import SeedStage, load_config
+from telemetry import EsperError, load_config
 
 BLUEPRINT_NAMES = tuple(BLUEPRINTS)
-STRATEGIES = ("never", "heuristic", "schedule", *BLUEPRINT_NAMES)
+STRATEGIES = ("never", "heuristic", *BLUEPRINT_NAMES, "heur-conv", "heur-norm", "oracle")
+CAUSE_BLIND = tuple(s for s in STRATEGIES if s != "oracle")
 
 
 @dataclass(frozen=True)
-class Job:
+class CheckSpec:
+    """What every run of one control check shares."""
+
+    rng_seed: int = 0
+    epochs: int = 25
+    dataset: str = "digits_hard"
+    data_dir: str | None = None
+    germinate_at: int = 4
+    train_epochs: int = 3
+
+
+@dataclass(frozen=True)
+class Run:
     episode: int
     strategy: str
-    rng_seed: int
-    epochs: int
-    dataset: str
-    data_dir: str | None
-    germinate_at: int
-    train_epochs: int
-    scenarios: tuple[str, ...]
 
 
-def schedule_action(env: MorphogeneticEnv, blueprint: str, germinate_at: int, train_epochs: int) -> Action:
-    """The fixed germinate -> train -> blend -> fossilize schedule."""
-    slot, mask = env.slot, env.valid_mask()
-    if env.epoch == germinate_at and mask[Action.germinate(blueprint)]:
-        return Action.germinate(blueprint)
-    if slot.stage == SeedStage.GERMINATED:
-        return Action.ADVANCE
-    if slot.stage == SeedStage.TRAINING and slot.lifecycle.epochs_in_stage >= train_epochs:
-        return Action.ADVANCE
-    if mask[Action.FOSSILIZE]:
-        return Action.FOSSILIZE
-    return Action.WAIT
+def runs_of(episodes: int, strategies: set[str]) -> list[Run]:
+    """Every (episode, strategy) pair, in the order of STRATEGIES."""
+    return [Run(e, s) for e in range(episodes) for s in STRATEGIES if s in strategies]
 
 
-def _rotation(job: Job) -> int:
-    """Where episode e starts the blueprint rotation: (e // number of scenarios) mod 4, so the
-    episodes of each cause cycle through every blueprint (e mod 4 would tie causes to blueprints)."""
-    return (job.episode // len(job.scenarios)) % len(BLUEPRINT_NAMES)
+def _chooser(spec: CheckSpec, run: Run, cause: str) -> Callable[[MorphogeneticEnv, dict[str, Any]], Action]:
+    """The strategy as a function of (env, feature row) -> action."""
+    if run.strategy == "never":
+        return lambda env, row: Action.WAIT
+    if run.strategy == "oracle":
+        return lambda env, row: expert_action(env, REMEDIES[cause], germinate_from=1,
+                                              train_epochs=spec.train_epochs)
+    if run.strategy in BLUEPRINT_NAMES:
+        return lambda env, row: schedule_action(env, run.strategy, spec.germinate_at, spec.train_epochs)
+    rotation = (run.episode // len(SCENARIOS)) % len(BLUEPRINT_NAMES)
+    tamiyo = (HeuristicTamiyo(epsilon=0.0, blueprint_offset=rotation) if run.strategy == "heuristic"
+              else FixedBlueprintHeuristic(epsilon=0.0, blueprint=run.strategy.removeprefix("heur-")))
+    unused = random.Random(0)  # act() draws from it; with epsilon 0 the draw changes nothing
+    return lambda env, row: tamiyo.act(env.policy_view(row), list(env.valid_mask()), unused).action
 
 
-def play(job: Job) -> tuple[int, str, str, float]:
-    """One episode under one strategy -> (episode, scenario, strategy, final val accuracy)."""
-    torch.set_num_threads(1)
-    dataset = _dataset(job.dataset, job.data_dir)
-    scenario = make_scenario(job.scenarios[job.episode % len(job.scenarios)], job.rng_seed, job.episode)
-    rng_seed = episode_rng_seed(job.rng_seed, job.episode)
-    env = MorphogeneticEnv(dataset, scenario, load_config("minimal"), rng_seed=rng_seed, epochs=job.epochs)
-    row = env.reset()
-    blueprint = (BLUEPRINT_NAMES[_rotation(job)] if job.strategy == "schedule"
-                 else job.strategy)
-    tamiyo = HeuristicTamiyo(epsilon=0.0, blueprint_offset=_rotation(job))
-    unused = random.Random(0)
-    done = False
-    while not done:
-        if job.strategy == "never":
-            action = Action.WAIT
-        elif job.strategy == "heuristic":
-            action = tamiyo.act(env.policy_view(row), list(env.valid_mask()), unused).action
-        else:
-            action = schedule_action(env, blueprint, job.germinate_at, job.train_epochs)
-        row, _, done, info = env.step(action)
-    env.close()
-    return job.episode, scenario.name, job.strategy, info["val_accuracy"]
-
-
-_DATASETS: dict[tuple[str, str | None], object] = {}
-
-
-def _dataset(name: str, data_dir: str | None):
-    """One load per worker process."""
-    key = (name, data_dir)
-    if key not in _DATASETS:
-        _DATASETS[key] = load_dataset(name, data_dir)
-    return _DATASETS[key]
-
-
-def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and the two ends of its 95% t-interval."""
-    m = float(values.mean())
-    if len(values) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return m, m - half, m + half
-
-
-Finals = dict[int, dict[str, float]]  # episode -> strategy -> final validation accuracy
-
-
-def report(results: list[tuple[int, str, str, float]]) -> str:
-    final: Finals = defaultdict(dict)
-    cause: dict[int, str] = {}
-    for episode, scenario, strategy, acc in results:
-        final[episode][strategy] = acc
-        cause[episode] = scenario
-    names = [s for s in STRATEGIES if s in results_strategies(results)]
-    best = _best_per_scenario(final, cause, names)
-    lines = [_scenario_table(final, cause, best, names), "",
-             "gain over never (accuracy points, mean [95% CI], n episodes):"]
-    for strategy in names[1:]:
-        lines.append(_gain_line(strategy, [final[e][strategy] - final[e]["never"] for e in sorted(final)]))
-    hindsight = [final[e][best[cause[e]]] - final[e]["never"] for e in sorted(final)]
-    lines.append(_gain_line("best per scenario", hindsight)
-                 + "  (strategy chosen in hindsight per scenario; optimistic)")
-    return "\n".join(lines)
-
-
-def results_strategies(results: list[tuple[int, str, str, float]]) -> set[str]:
-    return {strategy for _, _, strategy, _ in results}
-
-
-def _gain_line(label: str, gains: list[float]) -> str:
-    m, lo, hi = mean_ci(np.array(gains))
-    return f"  {label:<22} {m:+6.2f} [{lo:+6.2f}, {hi:+6.2f}]  n={len(gains)}"
-
-
-def _means(final: Finals, episodes: list[int], names: list[str]) -> dict[str, float]:
-    return {s: float(np.mean([final[e][s] for e in episodes])) for s in names}
-
-
-def _best_per_scenario(final: Finals, cause: dict[int, str], names: list[str]) -> dict[str, str]:
-    best = {}
-    for scenario in set(cause.values()):
-        means = _means(final, [e for e in final if cause[e] == scenario], names)
-        best[scenario] = max(means, key=means.get)
-    return best
-
-
-def _scenario_table(final: Finals, cause: dict[int, str], best: dict[str, str], names: list[str]) -> str:
-    """Mean final accuracy per (scenario, strategy), and the best strategy's paired gain over never."""
-    head = (f"{'scenario':<20} {'n':>3} " + " ".join(f"{s:>9}" for s in names)
-            + "  best       best - never [95% CI]")
-    rows = [head, "-" * len(head)]
-    for scenario in [s for s in SCENARIOS if s in cause.values()]:
-        eps = [e for e in final if cause[e] == scenario]
-        means = _means(final, eps, names)
-        m, lo, hi = mean_ci(np.array([final[e][best[scenario]] - final[e]["never"] for e in eps]))
-        rows.append(f"{scenario:<20} {len(eps):>3} " + " ".join(f"{means[s]:9.2f}" for s in names)
-                    + f"  {best[scenario]:<10} {m:+6.2f} [{lo:+6.2f}, {hi:+6.2f}]")
-    return "\n".join(rows)
-
-
-def run(episodes: int, strategies: set[str], job: Job, workers: int) -> tuple[str, float, int]:
-    """Play every (episode, strategy) pair; returns the report, the seconds taken and the runs played."""
-    jobs = [Job(e, s, job.rng_seed, job.epochs, job.dataset, job.data_dir, job.germinate_at, job.train_epochs,
-                job.scenarios) for e in range(episodes) for s in STRATEGIES if s in strategies]
+def play(spec: CheckSpec, run: Run, dataset: Dataset) -> dict[str, Any]:
+    """One episode under one strategy -> its primary score and what was done."""
+    cause = SCENARIOS[run.episode % len(SCENARIOS)]
+    scenario = make_scenario(cause, spec.rng_seed, run.episode)
+    env = MorphogeneticEnv(dataset, scenario, load_config("minimal"),
+                           rng_seed=episode_rng_seed(spec.rng_seed, run.episode), epochs=spec.epochs)
+    choose, actions = _chooser(spec, run, cause), []
     start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        results = list(pool.map(play, jobs, chunksize=1))
-    return report(results), time.perf_counter() - start, len(jobs)
+    try:
+        row, done = env.reset(), False
+        while not done:
+            action = choose(env, row)
+            if action != Action.WAIT:
+                actions.append(f"{env.epoch}:{action.name}")
+            row, _, done, _ = env.step(action)
+        score = env.primary_score()
+    finally:
+        env.close()
+    return {"episode": run.episode, "cause": cause, "strategy": run.strategy, **score.as_dict(),
+            "val_accuracy": env.accuracy, "actions": actions, "seconds": time.perf_counter() - start}
+
+
+class ControlCheckTask(Task):
+    """Key i plays runs[i]; the data set is loaded once per worker."""
+
+    def __init__(self, spec: CheckSpec, runs: list[Run]) -> None:
+        self.spec, self.runs = spec, runs
+        self._dataset: Dataset | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_dataset": None}
+
+    def setup(self) -> None:
+        if self._dataset is None:
+            self._dataset = load_dataset(self.spec.dataset, self.spec.data_dir)
+
+    def __call__(self, key: int) -> dict[str, Any]:
+        self.setup()
+        assert self._dataset is not None
+        with one_thread():
+            return play(self.spec, self.runs[key], self._dataset)
+
+
+def run_check(spec: CheckSpec, runs: list[Run], workers: int,
+              engine: EngineOptions | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Play every run on the engine; the results in run order and the seconds taken. A run that
+    fails stops the check with its error (a partial table would not be paired)."""
+    task = ControlCheckTask(spec, runs)
+    start = time.perf_counter()
+    results: dict[int, dict[str, Any]] = {}
+    for outcome in open_engine(engine or EngineOptions(), workers).run(task, range(len(runs))):
+        if not isinstance(outcome, Done):
+            run = runs[outcome.key]
+            raise EsperError(f"control-check: episode {run.episode} ({run.strategy}) failed: {outcome.error}")
+        results[outcome.key] = outcome.value
+    return [results[k] for k in sorted(results)], time.perf_counter() - start

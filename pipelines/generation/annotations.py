@@ -147,10 +147,11 @@ def hindsight(accuracies: list[float | None], step: int, action: str, k: int = H
               counterfactual: dict[str, float] | None = None) -> tuple[float | None, bool | None]:
     """Accuracy k epochs after the decision, and whether the decision was good.
 
-    The rule: with counterfactual rollouts, a decision was good when its action's rollout accuracy is
-    within HINDSIGHT_MARGIN points of the best action's. Without them, WAIT was good unless accuracy
-    fell over the next k epochs, and an intervention was good when accuracy rose by more than
-    HINDSIGHT_MARGIN points over those epochs. Null when the episode ends before k epochs pass
+    The rule: with counterfactual values (`counterfactual`: action -> value of its rollout), a
+    decision was good when its action's value is within HINDSIGHT_MARGIN points of the best action's.
+    Without them, WAIT was good unless accuracy fell over the next k epochs, and an intervention was
+    good when accuracy rose by more than HINDSIGHT_MARGIN points over those epochs. Null when the
+    episode ends before k epochs pass
     (the episode runner passes k = min(HINDSIGHT_EPOCHS, epochs left), so its rows are never null).
     """
     later = accuracies[step + k] if step + k < len(accuracies) else None

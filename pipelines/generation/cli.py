@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pipelines.environment.datasets import DATASETS
 from pipelines.environment.scenarios import SCENARIOS
 from pipelines.generation.annotations import HINDSIGHT_EPOCHS
+from pipelines.generation.counterfactual import CONTINUATIONS
 from pipelines.generation.episode import COUNTERFACTUAL_EPOCHS, POLICIES
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="episodes at once, one torch thread each (default: 1 on the local pool, what the "
                         f"cluster holds with --engine ray; capped at what this machine holds: {os.cpu_count()} CPUs)")
     p.add_argument("--epochs", type=int, default=25, help="epochs per episode, epoch 0 included (default 25)")
-    p.add_argument("--dataset", default="digits", choices=DATASETS)
+    p.add_argument("--dataset", default="digits_hard", choices=DATASETS)
     p.add_argument("--data-dir", metavar="DIR", type=path_argument, help="where CIFAR-10's python batch files are")
     p.add_argument("--seed", type=int, default=0, help="run seed; episode i depends only on (seed, i)")
     add_config_arguments(p)
@@ -69,11 +70,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"behaviour policy: {' or '.join(POLICIES)} (default heuristic), or a directory "
                         "written by `esper train`")
     p.add_argument("--epsilon", type=float, default=0.1, help="exploration rate of the heuristic")
-    p.add_argument("--counterfactual", type=float, metavar="FRACTION",
-                   help="share of decision steps branched to roll out every valid action "
-                        "(default 0.1 with the heuristic policy, else 0)")
+    p.add_argument("--counterfactual", type=float, metavar="P",
+                   help="counterfactual labels: with P > 0 every episode gets a branch point at a dormant "
+                        "slot, and each live stratum (training, blending, ramp complete) one with probability "
+                        "P; there every valid action is rolled out (default 0.5 with the heuristic policy, "
+                        "else 0)")
     p.add_argument("--counterfactual-epochs", type=int, default=COUNTERFACTUAL_EPOCHS, metavar="K",
-                   help=f"epochs each counterfactual rollout runs (default {COUNTERFACTUAL_EPOCHS})")
+                   help="horizon of each counterfactual rollout in epochs (default: to the episode's end)")
+    p.add_argument("--counterfactual-continuation", default=CONTINUATIONS[0], choices=CONTINUATIONS,
+                   help="what follows the branched action: replant (default: finish the live seed, and after "
+                        "a CULL plant the cause's remedy) or commit (finish the live seed, nothing more)")
     p.add_argument("--hindsight-epochs", type=int, default=HINDSIGHT_EPOCHS, metavar="K",
                    help=f"epochs after a decision that hindsight looks at (default {HINDSIGHT_EPOCHS})")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated scenario mix")
@@ -91,6 +97,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_dir=args.data_dir, rng_seed=args.seed, epochs=args.epochs,
         device=args.device, policy=args.policy, epsilon=args.epsilon,
         counterfactual_fraction=_counterfactual(args), counterfactual_epochs=args.counterfactual_epochs,
+        counterfactual_continuation=args.counterfactual_continuation,
         hindsight_epochs=args.hindsight_epochs,
         scenarios=tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
     )
@@ -106,7 +113,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _counterfactual(args: argparse.Namespace) -> float:
-    """Rollouts continue with the heuristic, so only heuristic runs branch unless asked otherwise."""
+    """Label-generating runs are the heuristic's; other policies branch only when asked."""
     if args.counterfactual is not None:
         return args.counterfactual
-    return 0.1 if args.policy == "heuristic" else 0.0
+    return 0.5 if args.policy == "heuristic" else 0.0

@@ -24,18 +24,20 @@ import numpy as np
 from pipelines.environment.actions import Action
 from pipelines.environment.datasets import Dataset
 from pipelines.environment.morphogenetic_env import SLOT, EnvOptions, MorphogeneticEnv, episode_rng_seed
-from pipelines.environment.scenarios import SCENARIOS, draw_scenario
+from pipelines.environment.primary_score import DEFINITION as PRIMARY_SCORE
+from pipelines.environment.scenarios import REMEDIES, SCENARIOS, draw_scenario
 from pipelines.generation.annotations import HINDSIGHT_EPOCHS, decision_context, hindsight, red_flags
-from pipelines.generation.counterfactual import Rollouts, rollouts
+from pipelines.generation.counterfactual import CONTINUATIONS, ActionValues, BranchPlan, action_values
 from pipelines.generation.summary import EpisodeLog
 from pipelines.policies.heuristic import Decision, HeuristicTamiyo, NeverGerminate
 from pipelines.policies.learned_policy import LearnedPolicy, PolicyError
 from telemetry import TelemetryConfig
 
 POLICIES = ("heuristic", "never")  # besides these, `policy` may be the directory of a saved LearnedPolicy
-# A germinated seed leaves the host's output untouched until it blends: one epoch germinated, at
-# least three training, three ramping. Rollouts shorter than that tie every germination with WAIT.
-COUNTERFACTUAL_EPOCHS = 10
+# Counterfactual rollouts run to the episode's end unless a horizon is given (tests use a short one):
+# a germinated seed leaves the host's output untouched until it blends, so a short horizon cuts off
+# exactly the remedies the labels must credit.
+COUNTERFACTUAL_EPOCHS: int | None = None
 _EXPLORE_STREAM, _BRANCH_STREAM = 0xE9, 0xCF
 
 
@@ -44,7 +46,7 @@ class GenerationSpec:
     """Everything an episode's content depends on, besides its index. Recorded in the manifest."""
 
     config: TelemetryConfig
-    dataset: str = "digits"
+    dataset: str = "digits_hard"
     data_dir: str | None = None
     rng_seed: int = 0
     epochs: int = 25
@@ -52,8 +54,9 @@ class GenerationSpec:
     policy: str = "heuristic"  # a name in POLICIES, or a saved policy's directory
     policy_sha256: str | None = None  # a saved policy's weights checksum, so --resume cannot switch models
     epsilon: float = 0.1
-    counterfactual_fraction: float = 0.1
-    counterfactual_epochs: int = COUNTERFACTUAL_EPOCHS
+    counterfactual_fraction: float = 0.5  # > 0: a dormant branch point per episode; each live stratum's chance
+    counterfactual_epochs: int | None = COUNTERFACTUAL_EPOCHS  # horizon; None: to the episode's end
+    counterfactual_continuation: str = CONTINUATIONS[0]
     hindsight_epochs: int = HINDSIGHT_EPOCHS
     scenarios: tuple[str, ...] = SCENARIOS
     options: EnvOptions = field(default_factory=EnvOptions)
@@ -64,6 +67,9 @@ class GenerationSpec:
         out.pop("config")
         out["profile"] = self.config.profile_name
         out["scenarios"] = list(self.scenarios)
+        out["counterfactual_horizon"] = ("episode_end" if self.counterfactual_epochs is None
+                                         else f"{self.counterfactual_epochs} epochs")
+        out["primary_score"] = PRIMARY_SCORE
         return out
 
 
@@ -106,8 +112,8 @@ def run_episode(spec: GenerationSpec, index: int, dataset: Dataset) -> EpisodeRe
                            device=spec.device, options=spec.options)
     policy = _policy(spec, index)
     explore = random.Random(_stream(spec, index, _EXPLORE_STREAM))
-    branch = np.random.default_rng(_stream(spec, index, _BRANCH_STREAM)).random(spec.epochs) \
-        < spec.counterfactual_fraction
+    plan = BranchPlan(np.random.default_rng(_stream(spec, index, _BRANCH_STREAM)), spec.counterfactual_fraction,
+                      spec.epochs)
     log = EpisodeLog(slot=SLOT)
     steps: list[dict[str, Any]] = []
     accuracies: list[float] = []
@@ -119,8 +125,9 @@ def run_episode(spec: GenerationSpec, index: int, dataset: Dataset) -> EpisodeRe
             t = env.epoch
             mask = env.valid_mask()
             valid = [a for a in Action if mask[a]]
-            counter = (rollouts(env, valid, spec.counterfactual_epochs, policy)
-                       if branch[t] and len(valid) > 1 and isinstance(policy, HeuristicTamiyo) else None)
+            counter = (action_values(env, valid, REMEDIES.get(scenario.name), spec.counterfactual_continuation,
+                                     spec.counterfactual_epochs)
+                       if len(valid) > 1 and plan.branch(env) else None)
             view = env.policy_view(row)
             decision = policy.act(view, list(mask), explore)
             context = decision_context(view, decision.rule, decision.why_not)
@@ -141,7 +148,7 @@ def run_episode(spec: GenerationSpec, index: int, dataset: Dataset) -> EpisodeRe
 
 
 def _decision_row(row: dict[str, Any], decision: Decision, mask: np.ndarray, context: Any,
-                  counter: Rollouts | None) -> dict[str, Any]:
+                  counter: ActionValues | None) -> dict[str, Any]:
     out = dict(row)
     out.update(
         action=decision.action.name,
@@ -153,19 +160,22 @@ def _decision_row(row: dict[str, Any], decision: Decision, mask: np.ndarray, con
         why_this_action=context.why_this_action,
         why_not_alternatives=context.why_not_alternatives,
         counterfactual=None if counter is None else [
-            {"action": a, "accuracy": acc} for a, acc in counter.accuracy.items()],
+            {"action": a, "value": v, "accuracy": counter.accuracy[a], "cost": counter.cost[a]}
+            for a, v in counter.value.items()],
         best_action=None if counter is None else counter.best_action,
+        best_actions=None if counter is None else counter.best,
         counterfactual_epochs=None if counter is None else counter.epochs,
+        counterfactual_stratum=None if counter is None else counter.stratum,
     )
     return out
 
 
 def _fill_hindsight(steps: list[dict[str, Any]], accuracies: list[float], k: int) -> None:
     """Accuracy h = min(k, epochs left) epochs after each decision, and whether it was good (rule in
-    annotations.hindsight). Counterfactual rollouts use the same h, so the columns agree."""
+    annotations.hindsight); with counterfactual values, the decision is judged by its action's value."""
     for t, step in enumerate(steps):
         h = min(k, len(accuracies) - 1 - t)
-        counter = {c["action"]: c["accuracy"] for c in step["counterfactual"] or []}
+        counter = {c["action"]: c["value"] for c in step["counterfactual"] or []}
         later, good = hindsight(accuracies, t, step["action"], k=h, counterfactual=counter or None)
         step.update(hindsight_accuracy=later, hindsight_epochs=h, was_good_decision=good)
 

@@ -30,8 +30,10 @@ import torch
 from pipelines.environment.actions import ACTION_NAMES
 from pipelines.environment.datasets import Dataset, load_dataset
 from pipelines.environment.host import HostCNN
+from pipelines.environment.morphogenetic_env import SLOT
 from pipelines.environment.scenarios import SCENARIOS
 from pipelines.generation.capacity import cap_workers, cores
+from pipelines.generation.counterfactual import CONTINUATIONS
 from pipelines.generation.engine import Done, Engine, EngineOptions, Failed, open_engine
 from pipelines.generation.episode import POLICIES, GenerationSpec, episode_id
 from pipelines.generation.episode_task import EpisodeTask, one_thread
@@ -96,16 +98,16 @@ def check_spec(spec: GenerationSpec, episodes: int, workers: int | None,
         raise GenerationError(f"epsilon must be in [0, 1], got {spec.epsilon}")
     if not 0.0 <= spec.counterfactual_fraction <= 1.0:
         raise GenerationError(f"--counterfactual must be in [0, 1], got {spec.counterfactual_fraction}")
-    if spec.counterfactual_epochs < 1:
+    if spec.counterfactual_epochs is not None and spec.counterfactual_epochs < 1:
         raise GenerationError(f"--counterfactual-epochs must be >= 1, got {spec.counterfactual_epochs}")
+    if spec.counterfactual_continuation not in CONTINUATIONS:
+        raise GenerationError(f"--counterfactual-continuation {spec.counterfactual_continuation!r}: expected one "
+                              f"of {', '.join(CONTINUATIONS)}")
     if spec.hindsight_epochs < 1:
         raise GenerationError(f"--hindsight-epochs must be >= 1, got {spec.hindsight_epochs}")
     if spec.policy not in POLICIES and (not spec.policy.strip() or not (Path(spec.policy) / POLICY_FILE).is_file()):
         raise GenerationError(f"--policy {spec.policy!r}: expected {', '.join(POLICIES)}, or a policy directory "
                               "written by `esper train`")
-    if spec.policy != "heuristic" and spec.counterfactual_fraction > 0:
-        raise GenerationError(f"--counterfactual {spec.counterfactual_fraction} needs --policy heuristic (the "
-                              "rollouts continue with the heuristic); use --counterfactual 0 with this policy")
     unknown = [s for s in spec.scenarios if s not in SCENARIOS]
     if unknown or not spec.scenarios:
         raise GenerationError(f"--scenarios: {unknown[0] if unknown else 'empty'!r} is not a scenario; "
@@ -119,7 +121,8 @@ def check_spec(spec: GenerationSpec, episodes: int, workers: int | None,
 
 def reference_host(dataset: Dataset, spec: GenerationSpec) -> HostCNN:
     """The host as built for a healthy-width episode; the feature schema depends only on its names."""
-    return HostCNN(dataset.channels, dataset.num_classes, width=spec.options.width, input_size=dataset.size)
+    return HostCNN(dataset.channels, dataset.num_classes, width=spec.options.width, input_size=dataset.size,
+                   slots=(SLOT,))
 
 
 def _provenance(spec: GenerationSpec, host: HostCNN, dataset: Dataset, episodes: int) -> dict[str, Any]:

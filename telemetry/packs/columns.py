@@ -56,11 +56,18 @@ STEP_COLUMNS: dict[str, tuple[str, str]] = {
                                    "(fewer near the end of an episode)"),
     "was_good_decision": ("bool", "the decision judged in hindsight: with counterfactual rollouts, whether its "
                                   "action's rollout came close to the best one; null where it cannot be judged"),
-    "counterfactual": ("%", "on branched steps, every valid action with the validation accuracy its rollout "
-                            "reached after counterfactual_epochs epochs; null where the step was not branched"),
-    "counterfactual_epochs": ("epochs", "length of the counterfactual rollouts; null where not branched"),
-    "best_action": ("-", "the action whose rollout reached the highest accuracy (the oracle label); null where "
-                         "the step was not branched"),
+    "counterfactual": ("points", "on branched steps, every valid action with its value: the validation accuracy "
+                                 "its rollout reached (to the episode end unless the manifest's "
+                                 "counterfactual_horizon says otherwise) minus cost, the parameter-epochs it held "
+                                 "times the primary score's cost; continuation in the manifest; null where the "
+                                 "step was not branched"),
+    "counterfactual_epochs": ("epochs", "epochs rolled out after the decision; null where not branched"),
+    "best_action": ("-", "the unique action with the highest counterfactual value (the oracle label); null where "
+                         "the step was not branched or several actions tie (see best_actions)"),
+    "best_actions": ("-", "every action with the highest counterfactual value (an exact tie set, never broken "
+                          "towards WAIT); null where the step was not branched"),
+    "counterfactual_stratum": ("-", "the seed lifecycle stratum of a branched step (dormant, training, blending, "
+                                    "ramp_complete); branch points are drawn per stratum"),
 }
 
 EPISODE_COLUMNS: dict[str, tuple[str, str]] = {

@@ -149,9 +149,12 @@ def _flag_spans(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _counterfactual(s: dict[str, Any]) -> dict[str, Any]:
-    values = {c["action"]: c["accuracy"] for c in s["counterfactual"]}
+    """Each action's value (accuracy minus the parameter cost, where the pack records it; else the
+    rollout's accuracy), best first, and its difference to the action taken."""
+    rolled = {c["action"]: c for c in s["counterfactual"]}
+    values = {a: c["value"] if c.get("value") is not None else c["accuracy"] for a, c in rolled.items()}
     taken = values.get(s["action"])
-    rows = [{"action": a, "accuracy": _finite(v),
+    rows = [{"action": a, "value": _finite(rolled[a].get("value")), "accuracy": _finite(rolled[a]["accuracy"]),
              "vs_taken": None if v is None or taken is None else _finite(v - taken)}
             for a, v in sorted(values.items(), key=lambda kv: -(kv[1] if kv[1] is not None else -math.inf))]
     return {"step": s["step"], "epoch": s.get("epoch"), "taken": s["action"], "best_action": s["best_action"],
@@ -242,9 +245,9 @@ def _counterfactual_text(c: dict[str, Any]) -> str:
     epochs = c["epochs"] if c["epochs"] is not None else "-"
     lines = [f"  step {c['step']} (epoch {c['epoch']}): rolled out {epochs} epochs each; taken {c['taken']}, "
              f"best {c['best_action']}; hindsight {_hindsight_text(c['hindsight'])}",
-             f"    {'action':<22} {'accuracy':>9} {'vs taken':>9}"]
-    lines += [f"    {v['action'] + (' *' if v['action'] == c['taken'] else ''):<22} {_num(v['accuracy'], '%'):>9} "
-              f"{_num(v['vs_taken'], signed=True):>9}" for v in c["values"]]
+             f"    {'action':<22} {'value':>9} {'accuracy':>9} {'vs taken':>9}"]
+    lines += [f"    {v['action'] + (' *' if v['action'] == c['taken'] else ''):<22} {_num(v['value']):>9} "
+              f"{_num(v['accuracy'], '%'):>9} {_num(v['vs_taken'], signed=True):>9}" for v in c["values"]]
     return "\n".join(lines)
 
 

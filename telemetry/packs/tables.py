@@ -38,7 +38,8 @@ STEP_IDENTITY: tuple[pa.Field, ...] = (
 )
 
 _ALTERNATIVE = pa.struct([("action", pa.string()), ("reason", pa.string())])
-_COUNTERFACTUAL = pa.struct([("action", pa.string()), ("accuracy", pa.float32())])
+_COUNTERFACTUAL = pa.struct([("action", pa.string()), ("value", pa.float32()), ("accuracy", pa.float32()),
+                             ("cost", pa.float32())])
 
 DECISION_FIELDS: tuple[pa.Field, ...] = (
     pa.field("action", pa.string()),
@@ -58,6 +59,8 @@ DECISION_FIELDS: tuple[pa.Field, ...] = (
     pa.field("counterfactual", pa.list_(_COUNTERFACTUAL)),
     pa.field("counterfactual_epochs", pa.int32()),
     pa.field("best_action", pa.string()),
+    pa.field("best_actions", pa.list_(pa.string())),
+    pa.field("counterfactual_stratum", pa.string()),
 )
 
 _KEY_MOMENT = pa.struct([("epoch", pa.int32()), ("event", pa.string()), ("detail", pa.string())])

@@ -13,6 +13,7 @@ from telemetry.probes.activations import ActivationProbe
 from telemetry.probes.base import BASE_HISTORY, BaseProbe
 from telemetry.probes.gradients import GradientProbe
 from telemetry.probes.history import HistoryProbe
+from telemetry.probes.lifecycle import LifecycleProbe
 from telemetry.probes.loss_landscape import LossLandscapeProbe
 from telemetry.probes.per_class import PerClassProbe
 from telemetry.probes.probe import Probe, ProbeContext
@@ -39,6 +40,7 @@ def _seed(ctx: ProbeContext) -> bool:
 
 REGISTRY: tuple[Registration, ...] = (
     Registration("base", lambda ctx, built: BaseProbe(ctx), lambda ctx: True),
+    Registration("lifecycle", lambda ctx, built: LifecycleProbe(ctx), lambda ctx: ctx.config.lifecycle.enabled),
     Registration("history", lambda ctx, built: HistoryProbe(ctx, built["base"]),
                  lambda ctx: ctx.config.history_length > BASE_HISTORY),
     Registration("gradients", lambda ctx, built: GradientProbe(ctx), lambda ctx: ctx.config.gradients.enabled),

@@ -24,7 +24,7 @@ def test_list_shows_every_profile_with_feature_counts():
     assert out.returncode == 0, out.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.stdout.splitlines()}
     assert list(counts) == ["minimal", "standard", "diagnostic", "research"]
-    assert counts["minimal"] == 27
+    assert counts["minimal"] == 27 + 14  # the base block and the lifecycle group
     assert counts["minimal"] < counts["standard"] < counts["diagnostic"] < counts["research"]
 
 

@@ -19,6 +19,14 @@ BASE_27 = [
     "val_accuracy_lag4", "val_accuracy_lag3", "val_accuracy_lag2", "val_accuracy_lag1", "val_accuracy_lag0",
     "has_active_seed", "seed_stage", "seed_epochs_in_stage", "seed_alpha", "seed_improvement", "available_slots",
 ]
+# The lifecycle group (telemetry/probes/lifecycle.py), positions 27-40 in every profile.
+LIFECYCLE = [
+    "seed_path_accuracy", "seed_path_gain", "seed_path_valid", "isolated_seed_loss",
+    *[f"live_blueprint_{b}" for b in ("conv", "attention", "norm", "depthwise")],
+    *[f"tried_{b}" for b in ("conv", "attention", "norm", "depthwise")],
+    "seed_param_share", "param_epochs",
+]
+MINIMAL = BASE_27 + LIFECYCLE
 
 
 class Slot(nn.Module):

@@ -11,7 +11,7 @@ import numpy as np
 
 # 17 episodes is the smallest count whose hash splits put 2 episodes each in val and test.
 EPISODES = 17
-SETTINGS = ["--dataset", "synthetic", "--epochs", "6", "--seed", "0", "--counterfactual", "0.5",
+SETTINGS = ["--dataset", "synthetic", "--epochs", "6", "--seed", "0", "--counterfactual", "1",
             "--counterfactual-epochs", "2", "--quiet"]
 FAST = ["--max-epochs", "30", "--patience", "10"]  # enough to learn something, quick on 2 cores
 

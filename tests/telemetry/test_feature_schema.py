@@ -7,7 +7,7 @@ import re
 
 import pyarrow as pa
 import pytest
-from support.models import BASE_27, ReferenceCNN
+from support.models import BASE_27, LIFECYCLE, MINIMAL, ReferenceCNN
 from torch import nn
 
 from telemetry.config import load_config, profile_names
@@ -31,8 +31,15 @@ def test_base_block_is_the_27_reference_features_first(profile):
     assert all(spec.group != "base" for spec in s.specs[27:])
 
 
-def test_minimal_is_exactly_the_base_block():
-    assert schema("minimal").names == BASE_27
+def test_minimal_is_the_base_block_then_the_lifecycle_group():
+    s = schema("minimal")
+    assert s.names == MINIMAL and s.groups()["lifecycle"] == LIFECYCLE
+
+
+@pytest.mark.parametrize("profile", profile_names())
+def test_every_profile_has_the_lifecycle_group_right_after_the_base_block(profile):
+    assert schema(profile).names[27:27 + len(LIFECYCLE)] == LIFECYCLE
+    assert "lifecycle" not in schema(profile, "lifecycle.enabled=false").groups()
 
 
 @pytest.mark.parametrize("profile", profile_names())

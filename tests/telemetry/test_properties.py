@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from support.models import BASE_27, ReferenceCNN
 from support.packs import AWKWARD, assert_bit_equal, sort
 
-from telemetry.config import GradientConfig, TelemetryConfig, profile_names
+from telemetry.config import GradientConfig, LifecycleConfig, TelemetryConfig, profile_names
 from telemetry.feature_schema import FeatureSchema, build_feature_schema
 from telemetry.packs.manifest import decode_schema, encode_schema
 from telemetry.packs.quick_stats import ColumnStats, QuickStats, merge_all
@@ -53,6 +53,8 @@ SPECIAL: dict[tuple[type[BaseModel], str], st.SearchStrategy[Any]] = {
     (GradientConfig, "layers"): st.one_of(
         st.just("all"), st.lists(st.sampled_from(HOST_LAYERS), min_size=1, max_size=len(HOST_LAYERS), unique=True)),
     (GradientConfig, "percentiles"): st.lists(st.integers(0, 100), max_size=8, unique=True),
+    (LifecycleConfig, "blueprints"): st.lists(st.sampled_from(["conv", "attention", "norm", "depthwise", "mlp"]),
+                                              max_size=5, unique=True),
 }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from support.models import TinyNet
+from support.models import LIFECYCLE, TinyNet
 from torch import nn
 
 from telemetry.config import load_config
@@ -404,5 +404,5 @@ def test_base_features_and_history_extension_against_plain_references():
     # that later losses did not beat
     assert plateaus == [0, 0, 1, 0, 1, 2, 3, 0, 1]
     assert any(min(val_loss_hist[: i + 1]) != v for i, v in enumerate(val_loss_hist))
-    assert list(tracker.schema.names[27:]) == [f"val_loss_lag{k}" for k in (7, 6, 5)] + [
+    assert list(tracker.schema.names[27 + len(LIFECYCLE):]) == [f"val_loss_lag{k}" for k in (7, 6, 5)] + [
         f"val_accuracy_lag{k}" for k in (7, 6, 5)]

@@ -126,5 +126,5 @@ def test_synthetic_and_unknown():
     ds = load_dataset("synthetic", num_samples=100)
     assert ds.x_train.shape[1:] == (1, 8, 8) and len(ds.y_train) + len(ds.y_val) == 100
     assert 15 <= len(ds.y_val) <= 25  # stratified: 20% of each class, rounded per class
-    with pytest.raises(DatasetError, match="unknown dataset 'mnist'; expected one of: digits, cifar10, s"):
+    with pytest.raises(DatasetError, match="unknown dataset 'mnist'; expected one of: digits_hard, digits, cifar10, s"):
         load_dataset("mnist")

@@ -141,7 +141,7 @@ def test_blending_trains_host_and_seed_together():
     assert host.conv1.weight.grad is not None and host.slot1.seed.conv1.weight.grad is not None
 
 
-@pytest.mark.parametrize("name", list(BLUEPRINTS))
+@pytest.mark.parametrize("name", [n for n in BLUEPRINTS if n != "norm"])
 @pytest.mark.parametrize("channels", [4, 16])
 def test_blueprints_map_c_to_c_and_start_as_identity(name, channels):
     torch.manual_seed(0)
@@ -152,6 +152,22 @@ def test_blueprints_map_c_to_c_and_start_as_identity(name, channels):
     torch.testing.assert_close(out, x)
     out.square().sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in seed.parameters())
+
+
+@pytest.mark.parametrize("channels", [4, 32])
+def test_norm_seed_adds_a_unit_scale_renormalised_copy(channels):
+    """`norm` is not the identity at germination: x + GroupNorm(x) (scale 1), so it lifts a collapsed
+    activation scale at once; checked against a float64 recomputation of GroupNorm."""
+    torch.manual_seed(0)
+    seed = build_blueprint("norm", channels)
+    x = 1e-3 * torch.relu(torch.randn(5, channels, 4, 4))  # a collapsed scale
+    groups = group_count(channels)
+    g = x.double().reshape(5, groups, -1)
+    normed = ((g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-5))
+    torch.testing.assert_close(seed(x).double(), x.double() + normed.reshape_as(x), rtol=1e-4, atol=1e-4)
+    assert seed(x).std() > 100 * x.std()
+    seed(x).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in seed.parameters())
 
 
 def test_unknown_blueprint_and_group_counts():

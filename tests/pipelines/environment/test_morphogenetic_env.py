@@ -73,8 +73,8 @@ def test_an_episode_runs_the_lifecycle(data):
     assert [r["seed_alpha"] for r in rows[4:6]] == [0.5, 1.0]
     assert rows[0]["available_slots"] == 1 and rows[1]["available_slots"] == 0
     assert rows[-1]["has_active_seed"] == 0 and rows[3]["has_active_seed"] == 1
-    assert rows[3]["seed_slot1_grad_norm"] > 0  # the seed trains in isolation
-    assert rows[0]["seed_slot1_grad_norm"] is None
+    assert rows[3]["seed_slot2_grad_norm"] > 0  # the seed trains in isolation
+    assert rows[0]["seed_slot2_grad_norm"] is None
 
 
 def test_same_seed_same_rows_different_seed_different_rows(data):
@@ -190,7 +190,7 @@ def test_each_scenario_breaks_training_in_its_own_way():
     assert make_scenario("lr_too_low").lr < healthy.lr / 10
     assert make_scenario("lr_too_high").lr > healthy.lr * 10
     assert make_scenario("vanishing_gradients").init_scale < 0.1
-    assert make_scenario("too_narrow").width < 1.0
+    assert make_scenario("dead_units").dead_shift <= -3.0
     over = make_scenario("overfitting")
     assert over.train_fraction < 0.5
     assert set(asdict(healthy)) == set(healthy.params())
@@ -226,7 +226,7 @@ def test_seed_path_accuracy_is_the_host_with_the_seed_fully_blended(data):
     env.step(Action.ADVANCE)
     assert env.slot.stage == SeedStage.TRAINING
     twin = copy.deepcopy(env.model).eval()
-    twin.slot1.lifecycle.stage = SeedStage.FOSSILIZED
+    twin.slot2.lifecycle.stage = SeedStage.FOSSILIZED
     with torch.no_grad():
         expected = 100.0 * int((twin(env.x_val).argmax(1) == env.y_val).sum()) / len(env.y_val)
     assert env.seed_path_accuracy == pytest.approx(expected, abs=1e-9)

@@ -29,7 +29,7 @@ from pipelines.experiment.compare import CompareError, CompareSpec, _settled
 from telemetry.packs.manifest import read_manifest
 from telemetry.packs.reader import open_pack
 
-GEN = ["--dataset", "synthetic", "--epochs", "6", "--counterfactual", "0.5", "--counterfactual-epochs", "2"]
+GEN = ["--dataset", "synthetic", "--epochs", "6", "--counterfactual", "1", "--counterfactual-epochs", "2"]
 RUN = ["compare", "--baseline", "minimal", "--candidate", "diagnostic", "--episodes", "17", "--seeds", "2",
        "--online-episodes", "3", "--max-epochs", "30", "--workers", "2", "--quiet", *GEN]
 ARMS = ("baseline", "candidate", "heuristic", "never")

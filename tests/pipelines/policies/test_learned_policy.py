@@ -70,12 +70,14 @@ def test_the_driven_pack_is_sound(driven: Path, capsys) -> None:
     assert "sound" in capsys.readouterr().out
 
 
-def test_counterfactual_branches_with_a_saved_policy_are_refused(policy_minimal: Path, tmp_path: Path,
-                                                                 capsys) -> None:
+def test_a_saved_policy_can_be_branched_for_labels(policy_minimal: Path, tmp_path: Path) -> None:
+    """The rollouts continue with a scripted schedule, not with the behaviour policy, so any policy's
+    episodes can carry counterfactual labels."""
     out = tmp_path / "pack"
-    refused([*GEN, "--profile", "minimal", "--episodes", "2", "--policy", str(policy_minimal),
-             "--counterfactual", "0.3", "--out", str(out)], capsys, "--counterfactual 0.3 needs --policy heuristic")
-    assert not out.exists()
+    assert main([*GEN, "--profile", "minimal", "--episodes", "2", "--policy", str(policy_minimal),
+                 "--counterfactual", "1", "--out", str(out)]) == 0
+    labelled = open_pack(out).steps(columns=["counterfactual_stratum"]).column(0).drop_null().to_pylist()
+    assert "dormant" in labelled
 
 
 def test_resume_with_another_policy_is_refused_and_with_the_same_one_completes(

@@ -149,9 +149,9 @@ def test_train_saves_exactly_its_features_normalisation_and_provenance(diagnosti
     document = json.loads((out / "policy.json").read_text())
     manifest = json.loads((diagnostic / "manifest.json").read_text())
     names = manifest["profiles"]["minimal"]
-    assert document["feature_names"] == names and len(names) == 27
+    assert document["feature_names"] == names and len(names) == 27 + 14  # base block + lifecycle group
     assert all(manifest["feature_schema"]["features"][manifest["feature_schema"]["_index"][n]]["group"] in
-               ("base", "history", "seed") for n in names)
+               ("base", "lifecycle", "history", "seed") for n in names)
 
     # centre/scale: the train split's population mean/std over finite values, recomputed in DuckDB
     con = raw_steps(diagnostic)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from telemetry.packs.reader import open_pack
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# A private cache: Hugging Face keys a local folder's cache by its name and data-file patterns, so a
+# shared ~/.cache could hand back a pack of the same name written with another schema.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="esper-hf-cache-"))
 
 
 def recipes() -> dict[str, str]:

@@ -10,6 +10,7 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from support.models import LIFECYCLE, MINIMAL
 from support.packs import make_episodes, reference, write_pack
 
 from telemetry.errors import PackError
@@ -71,7 +72,7 @@ def test_feature_selection_by_profile_group_and_name(pack):
     p = open_pack(pack)
     _, schema, profiles = reference()
     assert p.feature_names("all") == schema.names
-    assert p.feature_names("minimal") == profiles["minimal"] == schema.names[:27]
+    assert p.feature_names("minimal") == profiles["minimal"] == schema.names[:27 + len(LIFECYCLE)]
     assert p.feature_names("standard") == profiles["standard"]
     assert p.feature_names("per_class") == schema.groups()["per_class"]
     assert p.feature_names(["sharpness_max", "base", "epoch"]) == ["sharpness_max", *schema.groups()["base"]]
@@ -124,7 +125,7 @@ def test_normalize_choices(pack):
 
 def test_tensors_for_some_episodes(pack):
     x, actions, _, _ = open_pack(pack).tensors(features="minimal", episodes=["ep-0002", "ep-0007"])
-    assert x.shape == (10, 27) and actions.shape == (10,)
+    assert x.shape == (10, len(MINIMAL)) and actions.shape == (10,)
 
 
 def test_a_damaged_file_is_named(copy):
