@@ -16,7 +16,7 @@ One known exception is listed in KNOWN_LEAKS, so that any other fails the test: 
 barely moves from its random initialisation, and its training loss sits in a band (about 2.31-2.35
 nats) that the other stalls do not reach (vanishing gradients sit at ln 10 = 2.3026). Measured with
 this probe: balanced accuracy 1.00 on 4 episodes per cause x 10 epochs, 0.96 at 25 epochs, 0.94 on
-10 episodes per cause. The research branch's remedy (a smaller head initialisation for every host)
+10 episodes per cause. The research prototype's remedy (a smaller head initialisation for every host)
 also removed the conv seed's rescue of lr_too_low, so it is open.
 """
 
