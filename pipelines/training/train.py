@@ -183,7 +183,7 @@ def train_policy(pack: Pack, features: str | Sequence[str], target: str, rng_see
                          f"{actions} lack it")
     wait = actions.index("WAIT") if target == "advantage" else None
     train = data["train"]
-    weights = class_weights(train.labels[train.labelled], len(actions))
+    weights = class_weights(train.labels[train.labelled & (train.labels != NO_ACTION)], len(actions))
     with torch.random.fork_rng():
         torch.manual_seed(rng_seed)
         net = build_network(options.model, len(names), len(actions), options.hidden, options.layers)

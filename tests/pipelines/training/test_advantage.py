@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from support.packs import make_episodes, write_pack
 from support.policies import mlp_logits, raw_steps, standardize
 
 from pipelines.cli import main
@@ -20,7 +21,7 @@ from pipelines.policies.networks import build_network
 from pipelines.training.advantage import advantage_targets, regret
 from pipelines.training.train import SPLITS, Loss, TrainOptions, class_weights, load_split, train_policy
 from telemetry import EsperError
-from telemetry.packs import open_pack
+from telemetry.packs import Pack, open_pack, split_of
 
 ACTIONS = ["WAIT", "GERMINATE_CONV", "GERMINATE_ATTENTION", "GERMINATE_NORM", "GERMINATE_DEPTHWISE", "ADVANCE",
            "FOSSILIZE", "CULL"]
@@ -162,3 +163,33 @@ def test_an_unknown_model_is_refused_on_the_command_line(diagnostic: Path, tmp_p
     assert not out.exists()
     with pytest.raises(EsperError, match="--model 'lstm'; expected one of: mlp, gru"):
         TrainOptions(model="lstm").check()
+
+
+@pytest.mark.parametrize("model", ["mlp", "gru"])
+def test_steps_whose_best_actions_tie_train_with_equal_targets(tmp_path: Path, model: str) -> None:
+    """Every branched step a tie of WAIT and FOSSILIZE above CULL: no oracle label anywhere, yet every
+    branched step is an advantage target, the tied actions' targets equal (0)."""
+    episodes = make_episodes(0, 30, steps=4, profile="minimal")
+    for _, steps in episodes:
+        for step in steps:
+            step["action_mask"] = [a in ("WAIT", "FOSSILIZE", "CULL") for a in ACTIONS]
+            if step["counterfactual"] is not None:
+                step["counterfactual"] = [{"action": a, "value": v, "accuracy": v, "cost": 0.0}
+                                          for a, v in (("WAIT", 61.5), ("FOSSILIZE", 61.5), ("CULL", 60.25))]
+                step.update(best_action=None, best_actions=["WAIT", "FOSSILIZE"])
+    write_pack(tmp_path / "pack", episodes, profile="minimal")
+    pack = open_pack(tmp_path / "pack")
+    data = load_split(pack, pack.feature_names("all"), "train", "advantage", model)
+    assert data.advantages is not None and data.has is not None
+    at = data.labelled
+    assert int(at.sum()) == sum(1 for episode, steps in episodes if _split(episode["episode_id"], pack) == "train"
+                                for s in steps if s["counterfactual"] is not None) > 0
+    assert (data.advantages[at][:, ACTIONS.index("FOSSILIZE")] == 0).all()
+    assert (data.advantages[at][:, ACTIONS.index("CULL")] == -1.25).all()
+    result = train_policy(pack, "all", "advantage", options=TrainOptions(model=model, hidden=8, max_epochs=2))
+    assert result.policy.meta["evaluation"]["test"]["rows"] == 0  # no unique best: nothing to classify
+    assert 0.0 <= result.policy.meta["evaluation"]["test"]["regret"] <= 1.25  # per step: a tie (0) or CULL
+
+
+def _split(episode: str, pack: Pack) -> str:
+    return split_of(episode, pack.manifest.splits)
