@@ -1,12 +1,14 @@
-"""A policy learned from a pack: an MLP over named features, saved with everything needed to reuse it.
+"""A policy learned from a pack: a network over named features, saved with everything needed to reuse it.
 
-    policy = LearnedPolicy.load("runs/policy")
+    policy = LearnedPolicy.load("runs/policy").for_episode()
     policy.check_features(pack.feature_names())   # refuses data that lacks any trained feature
     decision = policy.act(row, mask, rng)          # drives the environment like the heuristic
 
 A saved policy is a directory: `weights.pt` (the state dict, loaded with `weights_only=True`) and
 `policy.json` (format, the exact ordered feature names, per-feature centre and scale, the action
-vocabulary, the network's shape, the weights' sha256, provenance and evaluation). Features are
+vocabulary, the network's shape (with `model` for the GRU; none means the MLP), the target (which
+says how the outputs are read: logits, or advantages over WAIT), the weights' sha256, provenance
+and evaluation). Features are
 looked up by name, never by position, and a missing feature is an error: the first system silently
 fed zeros for telemetry it did not have, which made its comparison of feature sets meaningless.
 
