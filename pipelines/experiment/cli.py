@@ -7,6 +7,7 @@ import sys
 
 from pipelines.environment.datasets import DATASETS, WITH_TEST_SPLIT
 from pipelines.generation.cli import add_engine_arguments, engine_options
+from pipelines.policies.learned_policy import MODELS
 from pipelines.training.train import TARGETS, TrainOptions
 from telemetry.cli import path_argument
 
@@ -39,7 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--counterfactual-epochs", type=int, metavar="K",
                    help=f"horizon of each rollout in epochs (default: to the episode's end{pack_s})")
     defaults = TrainOptions()
-    p.add_argument("--hidden", type=int, default=defaults.hidden, help=f"MLP width (default {defaults.hidden})")
+    p.add_argument("--model", choices=MODELS, default=defaults.model,
+                   help="every arm's network: mlp (the current row) or gru (the episode's rows so far, the same "
+                        f"history for both arms whatever their profiles; default {defaults.model})")
+    p.add_argument("--hidden", type=int, default=defaults.hidden,
+                   help=f"network width (default {defaults.hidden})")
     p.add_argument("--max-epochs", type=int, default=defaults.max_epochs,
                    help=f"training epochs at most, per model (default {defaults.max_epochs})")
     p.add_argument("--patience", type=int, default=defaults.patience,
@@ -90,7 +95,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         epochs=args.epochs, seed=args.seed, workers=args.workers, engine=engine_options(args),
         counterfactual_fraction=args.counterfactual,
         counterfactual_epochs=args.counterfactual_epochs,
-        train=TrainOptions(hidden=args.hidden, max_epochs=args.max_epochs, patience=args.patience),
+        train=TrainOptions(hidden=args.hidden, max_epochs=args.max_epochs, patience=args.patience, model=args.model),
     )
     say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     results = run_compare(spec, args.out, pack=args.pack, say=say, show_progress=not args.quiet)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
+import pyarrow.compute as pc
 
 from pipelines.environment.host import HostCNN
 from pipelines.environment.morphogenetic_env import SLOT, EnvOptions
@@ -210,14 +210,14 @@ def _checked_pack(spec: CompareSpec, opened: Pack) -> Pack:
             raise CompareError(f"{opened.path}: recorded with profile {recorded!r}, which does not hold the {arm} "
                                f"profile {getattr(spec, arm)!r}; expected a pack recorded with --profile "
                                f"{spec.candidate}")
-    if spec.target == "oracle" and _no_oracle_labels(opened):
-        raise CompareError(f"{opened.path}: no step carries a counterfactual label, so --target oracle has nothing "
-                           "to learn; generate with --counterfactual > 0 or use --target heuristic")
+    if spec.target in ("oracle", "advantage") and _no_oracle_labels(opened, TARGETS[spec.target]):
+        raise CompareError(f"{opened.path}: no step carries a counterfactual label, so --target {spec.target} has "
+                           "nothing to learn; generate with --counterfactual > 0 or use --target heuristic")
     return opened
 
 
-def _no_oracle_labels(pack: Pack) -> bool:
-    labels = pack.steps(columns=["best_action"]).column("best_action")
+def _no_oracle_labels(pack: Pack, column: str) -> bool:
+    labels = pack.steps(columns=[column]).column(column)
     return labels.null_count == len(labels)
 
 
@@ -270,14 +270,15 @@ def _model(spec: CompareSpec, pack: Pack, arm: str, seed: int, out: Path) -> Lea
 
 def _offline(pack: Pack, models: dict[str, list[LearnedPolicy]]) -> dict[str, Any]:
     names = sorted({n for arm in ARMS for m in models[arm] for n in m.feature_names})
-    test = pack.steps(split="test", columns=[*names, "episode_id", "action_mask", "best_actions", "counterfactual"])
-    labelled = test.filter(test.column("best_actions").is_valid())
-    per_model = {m.name: _oracle_scores(m, labelled, pack) for arm in ARMS for m in models[arm]}
+    test = pack.steps(split="test", columns=[*names, "episode_id", "step", "action_mask", "best_actions",
+                                              "counterfactual"])
+    labelled = test.column("best_actions").is_valid()
+    per_model = {m.name: _oracle_scores(m, test, labelled, pack) for arm in ARMS for m in models[arm]}
     agreement = {arm: _mean_over_seeds([per_model[m.name]["agreement"] for m in models[arm]]) for arm in ARMS}
     regret = {arm: _mean_over_seeds([per_model[m.name]["regret"] for m in models[arm]]) for arm in ARMS}
     probe = {arm: _cause_probe(pack, models[arm][0]) for arm in ARMS}
     return {
-        "test_steps_with_oracle_label": labelled.num_rows,
+        "test_steps_with_oracle_label": int(pc.sum(labelled).as_py() or 0),
         "models": {m.name: {**per_model[m.name], "evaluation": m.meta.get("evaluation")}
                    for arm in ARMS for m in models[arm]},
         "oracle_agreement": _arms_and_difference(agreement),
@@ -288,12 +289,15 @@ def _offline(pack: Pack, models: dict[str, list[LearnedPolicy]]) -> dict[str, An
     }
 
 
-def _oracle_scores(policy: LearnedPolicy, labelled: pa.Table, pack: Pack) -> dict[str, dict[str, float]]:
+def _oracle_scores(policy: LearnedPolicy, test: pa.Table, labelled: pa.ChunkedArray,
+                   pack: Pack) -> dict[str, dict[str, float]]:
     """Per test episode: share of labelled steps where the policy picks one of the oracle's best actions
-    (a tie set), and the mean regret in points of value of the policy's choice under the same rollouts."""
+    (a tie set), and the mean regret in points of value of the policy's choice under the same rollouts.
+    The policy chooses at every step (a GRU reads each episode's rows so far), scored where labelled."""
     actions = list(pack.manifest.actions)
-    mask = torch.tensor(labelled.column("action_mask").to_pylist(), dtype=torch.bool).reshape(-1, len(actions))
-    chosen = policy.predict(policy.standardize(labelled, str(pack.path)), mask).tolist()
+    every = pa.array(policy.choose(test, str(pack.path)), pa.int64())
+    labelled = test.filter(labelled).append_column("chosen", pa.chunked_array([every]).filter(labelled))
+    chosen = labelled.column("chosen").to_pylist()
     agreement: dict[str, list[float]] = defaultdict(list)
     regret: dict[str, list[float]] = defaultdict(list)
     rows = zip(labelled.column("episode_id").to_pylist(), labelled.column("best_actions").to_pylist(),

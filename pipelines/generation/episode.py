@@ -92,7 +92,7 @@ def _policy(spec: GenerationSpec, index: int) -> HeuristicTamiyo | NeverGerminat
         return NeverGerminate()
     if spec.policy == "heuristic":
         return HeuristicTamiyo(epsilon=spec.epsilon, blueprint_offset=index % 4)
-    return load_policy(spec.policy, spec.policy_sha256)
+    return load_policy(spec.policy, spec.policy_sha256).for_episode()  # a GRU's state starts empty
 
 
 @functools.lru_cache(maxsize=4)

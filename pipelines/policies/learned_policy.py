@@ -1,12 +1,14 @@
-"""A policy learned from a pack: an MLP over named features, saved with everything needed to reuse it.
+"""A policy learned from a pack: a network over named features, saved with everything needed to reuse it.
 
-    policy = LearnedPolicy.load("runs/policy")
+    policy = LearnedPolicy.load("runs/policy").for_episode()
     policy.check_features(pack.feature_names())   # refuses data that lacks any trained feature
     decision = policy.act(row, mask, rng)          # drives the environment like the heuristic
 
 A saved policy is a directory: `weights.pt` (the state dict, loaded with `weights_only=True`) and
 `policy.json` (format, the exact ordered feature names, per-feature centre and scale, the action
-vocabulary, the network's shape, the weights' sha256, provenance and evaluation). Features are
+vocabulary, the network's shape (with `model` for the GRU; none means the MLP), the target (which
+says how the outputs are read: logits, or advantages over WAIT), the weights' sha256, provenance
+and evaluation). Features are
 looked up by name, never by position, and a missing feature is an error: the first system silently
 fed zeros for telemetry it did not have, which made its comparison of feature sets meaningless.
 
@@ -17,6 +19,7 @@ episode's Inf cannot saturate the network. The same `prepare` runs in training a
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -31,10 +34,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torch import nn
 
 from pipelines.environment.actions import ACTION_NAMES, Action
 from pipelines.policies.heuristic import Decision
+from pipelines.policies.networks import MODELS, PolicyNet, SequenceNet, build_network, network_parameters
 from telemetry import EsperError, read_json
 from telemetry.packs import file_sha256
 
@@ -44,34 +47,30 @@ MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights, 800 MB with AdamW's mo
 MAX_LAYERS = 64
 POLICY_FILE, WEIGHTS_FILE = "policy.json", "weights.pt"
 CLIP = 10.0
+# What a policy's outputs mean, by the target it was trained on: logits of the action to take
+# (heuristic, oracle), or each action's advantage over WAIT (advantage; WAIT's is 0 by definition).
+TARGETS = ("heuristic", "oracle", "advantage")
+ADVANTAGE = "advantage"
+WAIT = "WAIT"
+
+__all__ = ["MODELS", "TARGETS", "LearnedPolicy", "PolicyError", "PolicyNet", "SequenceNet", "network_parameters",
+           "outputs", "prepare"]
 
 
 class PolicyError(EsperError):
     """A saved policy that cannot be loaded, or data it cannot be applied to."""
 
 
-class PolicyNet(nn.Module):
-    """`layers` hidden ReLU layers of width `hidden`, one logit per action."""
-
-    def __init__(self, inputs: int, actions: int, hidden: int = 128, layers: int = 2) -> None:
-        super().__init__()
-        sizes = [inputs] + [hidden] * layers
-        blocks: list[nn.Module] = []
-        for a, b in zip(sizes, sizes[1:], strict=False):
-            blocks += [nn.Linear(a, b), nn.ReLU()]
-        self.body = nn.Sequential(*blocks, nn.Linear(sizes[-1], actions))
-        self.shape = {"inputs": inputs, "actions": actions, "hidden": hidden, "layers": layers}
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits; invalid actions (mask False) get -inf so they are never chosen nor trained toward."""
-        logits = self.body(x)
-        return logits if mask is None else logits.masked_fill(~mask, float("-inf"))
+def outputs(net: PolicyNet | SequenceNet, features: torch.Tensor, mask: torch.Tensor | None,
+            wait_index: int | None) -> torch.Tensor:
+    """The network's outputs as a policy reads them: WAIT's pinned at 0 when they are advantages over
+    WAIT (`wait_index`), invalid actions -inf. Training and acting both go through here."""
+    raw = _pinned(net(features), wait_index)
+    return raw if mask is None else raw.masked_fill(~mask, float("-inf"))
 
 
-def network_parameters(inputs: int, actions: int, hidden: int, layers: int) -> int:
-    """Weights and biases of `PolicyNet(inputs, actions, hidden, layers)`, counted before it is built."""
-    sizes = [inputs] + [hidden] * layers + [actions]
-    return sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
+def _pinned(raw: torch.Tensor, wait_index: int | None) -> torch.Tensor:
+    return raw if wait_index is None else raw.index_fill(-1, torch.tensor([wait_index]), 0.0)
 
 
 def prepare(features: torch.Tensor) -> torch.Tensor:
@@ -88,7 +87,8 @@ class LearnedPolicy:
     that lacks one of its features is refused, never filled with zeros.
 
     Args:
-        net: the network (`PolicyNet`), logits over `actions`.
+        net: the network (`PolicyNet` or `SequenceNet`), one output per action of `actions`: logits,
+            or advantages over WAIT when meta's target is "advantage".
         feature_names: input features, in the network's input order.
         centre, scale: per-feature standardisation.
         actions: the action vocabulary of the logits.
@@ -101,7 +101,7 @@ class LearnedPolicy:
         decision = policy.act(row, mask, random.Random(0))    # greedy, mu = 1
     """
 
-    net: PolicyNet
+    net: PolicyNet | SequenceNet
     feature_names: list[str]
     centre: np.ndarray
     scale: np.ndarray
@@ -109,6 +109,7 @@ class LearnedPolicy:
     meta: dict[str, Any] = field(default_factory=dict)  # target, selection, provenance, evaluation
     name: str = "learned"
     weights_sha256: str | None = None  # of weights.pt as saved; None until saved or loaded
+    _hidden: torch.Tensor | None = field(default=None, repr=False, compare=False)  # the GRU's, within an episode
 
     # ---- applying --------------------------------------------------------------------------------
     def check_features(self, available: Sequence[str], where: str) -> None:
@@ -130,14 +131,44 @@ class LearnedPolicy:
         profile = self.meta.get("provenance", {}).get("pack_profile")
         return f"{selection!r} of a {profile!r} pack" if profile else repr(selection)
 
+    @property
+    def model(self) -> str:
+        return "gru" if isinstance(self.net, SequenceNet) else "mlp"
+
+    @property
+    def wait_index(self) -> int | None:
+        """The output pinned at 0 (WAIT's) when the outputs are advantages over WAIT; else None."""
+        return self.actions.index(WAIT) if self.meta.get("target") == ADVANTAGE else None
+
     def logits(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`features`: already standardised rows in the policy's feature order."""
+        """`features`: already standardised rows in the policy's feature order ([rows, features] for
+        the MLP; [episodes, steps, features] or one episode's [steps, features] for the GRU)."""
         self.net.eval()
         with torch.no_grad():
-            return self.net(prepare(features), mask)
+            return outputs(self.net, prepare(features), mask, self.wait_index)
 
     def predict(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.logits(features, mask).argmax(dim=1)
+        """The chosen action index of every row (or step): the argmax of the valid outputs."""
+        return self.logits(features, mask).argmax(dim=-1)
+
+    def choose(self, table: pa.Table, where: str) -> list[int]:
+        """The action the policy takes at every row of a pack's steps table, in the table's order. The
+        GRU reads each episode's rows in step order (the table needs episode_id and step), as it does
+        when it drives an episode; the MLP reads each row alone."""
+        x = self.standardize(table, where)
+        mask = torch.tensor(table.column("action_mask").to_pylist(), dtype=torch.bool).reshape(-1, len(self.actions))
+        if self.model == "mlp":
+            return self.predict(x, mask).tolist()
+        chosen = [0] * table.num_rows
+        episodes: dict[str, list[int]] = {}
+        for i, episode in enumerate(table.column("episode_id").to_pylist()):
+            episodes.setdefault(episode, []).append(i)
+        steps = table.column("step").to_pylist()
+        for rows in episodes.values():
+            rows.sort(key=steps.__getitem__)
+            for i, action in zip(rows, self.predict(x[rows], mask[rows]).tolist(), strict=True):
+                chosen[i] = action
+        return chosen
 
     def vector(self, row: Mapping[str, Any]) -> torch.Tensor:
         """One live feature row (name -> value) standardised as the training data was."""
@@ -161,17 +192,35 @@ class LearnedPolicy:
         z[np.isnan(raw)] = 0.0
         return torch.from_numpy(z.astype(np.float32))
 
+    def for_episode(self) -> LearnedPolicy:
+        """This policy at the start of a fresh episode: the GRU's hidden state empty. Call it once per
+        episode; `act` then carries the state from one decision to the next."""
+        fresh = copy.copy(self)
+        fresh._hidden = None
+        return fresh
+
     def act(self, row: Mapping[str, Any], mask: Sequence[bool], rng: random.Random) -> Decision:
-        """The most probable valid action. Deterministic, so mu(a|s) = 1 for the action taken."""
+        """The valid action with the highest output. Deterministic, so mu(a|s) = 1 for the action taken."""
         valid = torch.tensor([bool(v) for v in mask]).unsqueeze(0)
-        probs = torch.softmax(self.logits(self.vector(row), valid), dim=1)[0]
-        choice = int(probs.argmax())
+        x = prepare(self.vector(row))
+        self.net.eval()
+        with torch.no_grad():
+            if isinstance(self.net, SequenceNet):
+                raw, self._hidden = self.net.step(x, self._hidden)
+            else:
+                raw = self.net(x)
+            scores = _pinned(raw, self.wait_index).masked_fill(~valid, float("-inf"))[0]
+        choice = int(scores.argmax())
         action = Action(choice)
+        if self.wait_index is None:
+            scores, what = torch.softmax(scores, dim=0), "p"
+        else:
+            what = "advantage"
         return Decision(
             action=action, prob=1.0, greedy=action,
-            rule=f"{self.name} chose {action.name} (p={float(probs[choice]):.2f})",
-            why_not={Action(i).name: f"{self.name} gave it p={float(probs[i]):.2f}"
-                     for i in range(len(probs)) if bool(valid[0, i]) and i != choice},
+            rule=f"{self.name} chose {action.name} ({what}={float(scores[choice]):.2f})",
+            why_not={Action(i).name: f"{self.name} gave it {what}={float(scores[i]):.2f}"
+                     for i in range(len(scores)) if bool(valid[0, i]) and i != choice},
         )
 
     # ---- saving ----------------------------------------------------------------------------------
@@ -210,7 +259,8 @@ class LearnedPolicy:
         if file_sha256(weights) != document["weights_sha256"]:
             raise PolicyError(f"{weights}: checksum differs from policy.json's weights_sha256; the file is damaged")
         shape = document["network"]
-        net = PolicyNet(**shape)
+        net = build_network(shape.get("model", "mlp"), shape["inputs"], shape["actions"], shape["hidden"],
+                            shape["layers"])
         try:
             net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         except Exception as exc:  # noqa: BLE001 - any unpickling or shape error means the same thing
@@ -248,10 +298,18 @@ def _read_document(root: Path) -> dict[str, Any]:
         values = document[key]
         if not all(_finite(v) for v in values) or (key == "scale" and not all(v > 0 for v in values)):
             raise PolicyError(f"{path}: {key!r} must hold finite numbers{' > 0' if key == 'scale' else ''}")
-    network = document["network"]
+    network = dict(document["network"])
+    model = network.pop("model", "mlp")  # policies saved before the GRU existed name no model: an MLP
+    if model not in MODELS:
+        raise PolicyError(f"{path}: 'network' has model {model!r}; expected one of: {', '.join(MODELS)}")
     if set(network) != _NETWORK_KEYS or not all(type(v) is int and v > 0 for v in network.values()):
         raise PolicyError(f"{path}: 'network' must give positive integers {sorted(_NETWORK_KEYS)}, got {network}")
-    if network["layers"] > MAX_LAYERS or network_parameters(**network) > MAX_PARAMETERS:
+    target = document.get("target")
+    if target is not None and target not in TARGETS:  # the outputs' meaning: read wrongly, every choice is wrong
+        raise PolicyError(f"{path}: 'target' is {target!r}; expected one of: {', '.join(TARGETS)}")
+    if target == ADVANTAGE and WAIT not in document["actions"]:
+        raise PolicyError(f"{path}: an advantage policy's actions must include {WAIT}, whose advantage is 0")
+    if network["layers"] > MAX_LAYERS or network_parameters(**network, model=model) > MAX_PARAMETERS:
         raise PolicyError(f"{path}: 'network' {network} has more than {MAX_LAYERS} layers or "
                           f"{MAX_PARAMETERS:,} parameters; expected a network written by `esper train`")
     if network["actions"] != len(document["actions"]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.policies.learned_policy import MODELS
 from pipelines.training.train import TARGETS, TrainOptions
 from telemetry.cli import path_argument
 
@@ -15,7 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a profile (slices the pack to that profile's features), 'all', groups or feature "
                         "names, comma-separated")
     p.add_argument("--target", required=True, choices=TARGETS,
-                   help="heuristic: imitate the behaviour policy; oracle: the counterfactual best action")
+                   help="heuristic: imitate the behaviour policy; oracle: the counterfactual best action; "
+                        "advantage: regress every stored action value's advantage over WAIT")
+    p.add_argument("--model", choices=MODELS, default="mlp",
+                   help="mlp: the current row alone (default); gru: the episode's rows up to the current one")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", type=path_argument,
                    help="directory to write (must not exist)")
     p.add_argument("--seed", type=int, default=0)
@@ -47,15 +51,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise PolicyError(f"--out {out}: exists and is not empty; choose another directory")
     options = TrainOptions(hidden=args.hidden, layers=args.layers, max_epochs=args.max_epochs,
                            patience=args.patience, batch_size=args.batch_size, lr=args.lr,
-                           weight_decay=args.weight_decay)
+                           weight_decay=args.weight_decay, model=args.model)
     selection = [s.strip() for s in args.features.split(",") if s.strip()]
     features = selection[0] if len(selection) == 1 else selection
     result = train_policy(open_pack(args.pack), features, args.target, rng_seed=args.seed, options=options)
     result.policy.save(out)
-    print(f"{out}: {len(result.policy.feature_names)} features, target {args.target}, "
+    print(f"{out}: {len(result.policy.feature_names)} features, target {args.target}, model {args.model}, "
           f"{result.epochs_run} epochs (best {result.best_epoch})")
     for split, report in result.evaluation.items():
         print(format_report(split, report, result.policy.actions))
+        lost = result.policy.meta["evaluation"][split].get("regret")
+        if lost is not None:
+            print(f"  mean regret (value lost against the best stored action): {lost:.4f}")
     return 0
 
 

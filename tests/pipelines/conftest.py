@@ -61,3 +61,36 @@ def driven(policy_minimal: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     _esper(["generate", "--profile", "minimal", "--dataset", "synthetic", "--epochs", "6", "--seed", "3",
             "--episodes", "4", "--workers", "1", "--quiet", "--policy", str(policy_minimal), "--out", str(out)])
     return out
+
+
+@pytest.fixture(scope="session")
+def policy_advantage(diagnostic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Advantage regression (an MLP) on the minimal features of the branched steps."""
+    out = tmp_path_factory.mktemp("policy") / "advantage-0"
+    _esper(["train", str(diagnostic), "--features", "minimal", "--target", "advantage", "--out", str(out), *FAST])
+    return out
+
+
+@pytest.fixture(scope="session")
+def policy_gru(diagnostic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GRU over the episode's minimal-feature rows, imitating the heuristic."""
+    return _train(diagnostic, tmp_path_factory.mktemp("policy") / "gru-0", "minimal", 0,
+                  ["--model", "gru", "--max-epochs", "60", "--patience", "20"])
+
+
+def _drive(policy: Path, out: Path) -> Path:
+    _esper(["generate", "--profile", "minimal", "--dataset", "synthetic", "--epochs", "6", "--seed", "3",
+            "--episodes", "3", "--workers", "1", "--quiet", "--policy", str(policy), "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def driven_advantage(policy_advantage: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Episodes the advantage policy drove (one worker: one process plays them one after another)."""
+    return _drive(policy_advantage, tmp_path_factory.mktemp("driven-advantage") / "pack")
+
+
+@pytest.fixture(scope="session")
+def driven_gru(policy_gru: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Episodes the GRU policy drove, one after another in one process (its state must start afresh)."""
+    return _drive(policy_gru, tmp_path_factory.mktemp("driven-gru") / "pack")

@@ -48,3 +48,24 @@ def mlp_logits(state: dict, z: np.ndarray, clip: float = 10.0) -> np.ndarray:
         if i < len(layers) - 1:
             x = np.maximum(x, 0.0)
     return x
+
+
+def gru_outputs(state: dict, z: np.ndarray, clip: float = 10.0) -> np.ndarray:
+    """The saved GRU policy network over one episode's rows [steps, features], in float64 numpy, from
+    the GRU equations (gates r, z, n in PyTorch's weight order), then the output Linear."""
+    x = np.clip(np.nan_to_num(z, nan=0.0), -clip, clip)
+    layer = 0
+    while f"gru.weight_ih_l{layer}" in state:
+        w_ih, w_hh = (state[f"gru.weight_{k}_l{layer}"].double().numpy() for k in ("ih", "hh"))
+        b_ih, b_hh = (state[f"gru.bias_{k}_l{layer}"].double().numpy() for k in ("ih", "hh"))
+        hidden = w_hh.shape[1]
+        h, out = np.zeros(hidden), []
+        for row in x:
+            gi, gh = w_ih @ row + b_ih, w_hh @ h + b_hh
+            r = 1 / (1 + np.exp(-(gi[:hidden] + gh[:hidden])))
+            u = 1 / (1 + np.exp(-(gi[hidden:2 * hidden] + gh[hidden:2 * hidden])))
+            n = np.tanh(gi[2 * hidden:] + r * gh[2 * hidden:])
+            h = (1 - u) * n + u * h
+            out.append(h)
+        x, layer = np.array(out), layer + 1
+    return x @ state["head.weight"].double().numpy().T + state["head.bias"].double().numpy()
