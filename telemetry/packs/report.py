@@ -23,6 +23,8 @@ import numpy as np
 
 from telemetry.errors import EsperError
 from telemetry.packs import report_figures as figures
+from telemetry.packs.commit import VERSIONS
+from telemetry.packs.manifest import MANIFEST_NAME
 
 if TYPE_CHECKING:
     from telemetry.packs.reader import Pack
@@ -44,6 +46,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path.cwd()
     if out.exists() and not out.is_dir():
         raise EsperError(f"--out {out}: exists and is not a folder; expected a folder for {REPORT_NAME}")
+    pack = _pack_holding(out)
+    if pack is not None:
+        raise EsperError(f"--out {out}: inside the pack {pack}; a pack holds only what its commits wrote, so "
+                         f"expected a folder outside any pack for {REPORT_NAME}")
     page = render_report(open_pack(args.pack))
     out.mkdir(parents=True, exist_ok=True)
     path = out / REPORT_NAME
@@ -52,6 +58,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     tmp.replace(path)  # never a half-written page
     print(path)
     return 0
+
+
+def _pack_holding(folder: Path) -> Path | None:
+    """The pack `folder` lies in (links resolved), or None: the folder itself or any folder above it
+    that holds a manifest or version folders."""
+    here = folder.resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / MANIFEST_NAME).exists() or (candidate / VERSIONS).is_dir():
+            return candidate
+    return None
 
 
 # ---- the page ------------------------------------------------------------------------------------

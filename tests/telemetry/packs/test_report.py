@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -77,3 +78,18 @@ def test_the_page_renders_in_a_real_browser_with_every_figure_loaded(page):
     pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=float)
     assert pixels.shape[1] >= 1000
     assert pixels.std() > 20 and (pixels < 200).mean() > 0.02  # not a blank page: text and figures drawn
+
+
+@pytest.mark.parametrize("where", ["the pack", "a link to the pack", "a folder inside the pack", "the default"])
+def test_the_page_is_never_written_into_a_pack(described_pack, tmp_path, capsys, monkeypatch, where):
+    """A pack holds only what its commits wrote (found by the long CLI fuzz run: --out through a link)."""
+    pack = Path(shutil.copytree(described_pack, tmp_path / "pack", symlinks=True))
+    before = sorted(str(p) for p in pack.rglob("*"))
+    link = tmp_path / "link"
+    link.symlink_to(pack)
+    args = {"the pack": ["--out", str(pack)], "a link to the pack": ["--out", str(link)],
+            "a folder inside the pack": ["--out", str(pack / "steps" / "reports")], "the default": []}[where]
+    monkeypatch.chdir(pack)
+    code, _, err = run_cli(capsys, "report", str(pack), *args)
+    assert code == 2 and f"inside the pack {pack}" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(str(p) for p in pack.rglob("*")) == before
