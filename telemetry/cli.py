@@ -131,9 +131,15 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# every character str.splitlines() breaks a line at, besides \n and \r: a terminal or a log reader may too
+_LINE_BREAKS = str.maketrans({c: f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                              for c in "\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
 def _one_line(text: str) -> str:
-    """A message as one stderr line, whatever it quotes (a path or SQL with a newline in it)."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """A message as one stderr line, whatever it quotes (a path, SQL or an argument with a line break)."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text.translate(_LINE_BREAKS)
 
 
 def _error(message: str) -> None:

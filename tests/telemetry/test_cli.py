@@ -78,6 +78,17 @@ def test_bad_input_keeps_exit_2_and_a_message_with_a_newline_stays_one_line(caps
     assert (code, err) == (2, "esper: error: pack\\nfolder: not a pack\n")
 
 
+@pytest.mark.parametrize("brk", ["\f", "\v", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_every_line_break_python_knows_stays_inside_the_one_line(capsys: pytest.CaptureFixture[str],
+                                                                 brk: str) -> None:
+    """Found by the long CLI fuzz run: an unrecognised argument '\\x0c\\x0c\\x85' made a 4-line message."""
+    def bad() -> int:
+        raise EsperError(f"unrecognized arguments: a{brk}b")
+
+    code, _, err = esper(capsys, bad)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("esper: error: unrecognized arguments: a\\")
+
+
 def test_sigterm_interrupts_like_ctrl_c_after_clean_up(capsys: pytest.CaptureFixture[str]) -> None:
     def terminated() -> int:
         os.kill(os.getpid(), signal.SIGTERM)
