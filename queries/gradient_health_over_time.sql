@@ -17,7 +17,7 @@ SELECT
     count(*)                                                    AS steps,
     round(arg_min(grad_health, step)::DOUBLE, 3)                AS health_first,
     round(min(grad_health)::DOUBLE, 3)                          AS health_worst,
-    arg_min(epoch, grad_health)                                 AS worst_epoch,
+    arg_min(epoch, (grad_health, epoch)) FILTER (WHERE grad_health IS NOT NULL) AS worst_epoch,  -- the first, on a tie
     round(arg_max(grad_health, step)::DOUBLE, 3)                AS health_last,
     round(regr_slope(grad_health, epoch), 4)                    AS trend_per_epoch,
     count(*) FILTER (WHERE grad_health < 0.5)                   AS unhealthy_steps,
