@@ -126,7 +126,10 @@ class RayEngine(Engine):
                 ray.cancel(ref)  # a running episode is interrupted, its worker kept
 
     def _fill(self, remote: Any, shipped: Any, pending: dict[Any, int], queue: Iterator[int]) -> None:
-        room = QUEUED_PER_WORKER * self._slots() - len(pending)
+        # Ray runs every submitted task the cluster has room for, so a --workers cap below the cluster's
+        # size holds only if no more are submitted; without a cap, keys queued ahead keep workers busy.
+        ahead = 1 if self.workers is not None else QUEUED_PER_WORKER
+        room = ahead * self._slots() - len(pending)
         for _ in range(room):
             key = next(queue, None)
             if key is None:

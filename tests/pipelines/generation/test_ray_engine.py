@@ -98,6 +98,31 @@ def test_killed_workers_are_retried_and_the_pack_holds_exactly_n_episodes(ray_cl
     _assert_same_pack(out, engine_reference)
 
 
+def test_workers_caps_the_episodes_running_at_once_below_the_clusters_size(ray_cluster, engine_reference: Path,
+                                                                          tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers 1 on a cluster of two CPUs: one episode at a time (keys queued ahead would all run)."""
+    out = tmp_path / "ray"
+    monkeypatch.setenv(FAULT_ENV, "delay:0.5")  # each episode long enough to be seen running
+    most, done = 0, threading.Event()
+
+    def watch() -> None:
+        nonlocal most
+        while not done.is_set():
+            most = max(most, len(ray_cluster.episode_workers()))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        assert main([*_esper_ray(ray_cluster.address, out, "--quiet"), "--workers", "1"]) == 0
+    finally:
+        done.set()
+        thread.join()
+    assert most == 1, f"{most} episodes ran at once under --workers 1"
+    assert ids(out) == ids(engine_reference)
+
+
 def test_a_killed_driver_leaves_its_last_commit_and_resume_completes_it(ray_cluster, engine_reference: Path,
                                                                         tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
