@@ -11,6 +11,7 @@ batch is set to two whole sequences (512 tokens).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -129,3 +130,24 @@ HOSTS: dict[str, Host] = {
                 {"standard": ["gradients.layers=[embed,blocks.0,head]"],
                  **{p: ["loss_landscape.probe_batch_size=512"] for p in ("diagnostic", "research")}}),
 }
+
+
+def run_parser(description: str, hosts: tuple[str, ...], default_host: str) -> argparse.ArgumentParser:
+    """The options every tracker benchmark takes: size of the run, device, host."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small run: a few minutes on 2 CPU cores")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--host", choices=hosts, default=default_host)
+    parser.add_argument("--batches", type=int, help="training batches per epoch")
+    parser.add_argument("--val-batches", type=int, help="validation batches per epoch")
+    parser.add_argument("--reps", type=int, help="repetitions (epochs per variant)")
+    return parser
+
+
+def parse_run(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, torch.device]:
+    """The arguments and the device, refusing CUDA where this torch has none."""
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available to this torch")
+    return args, torch.device(args.device)

@@ -18,7 +18,6 @@ reason, never left out silently. Peers are the optional extra `peers`; install t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,7 +27,7 @@ import traceback
 from collections.abc import Callable
 
 import torch
-from hosts import HOSTS, Host
+from hosts import HOSTS, Host, parse_run, run_parser
 from peer_variants import PEERS, Variant
 from tracker_overhead import device_name
 
@@ -96,18 +95,7 @@ def measure(host: Host, batches: int, val_batches: int, reps: int, device: torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small run: a few minutes on 2 CPU cores")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--host", choices=tuple(HOSTS), default="reference")
-    parser.add_argument("--batches", type=int, help="training batches per epoch")
-    parser.add_argument("--val-batches", type=int, help="validation batches per epoch")
-    parser.add_argument("--reps", type=int, help="repetitions (epochs per variant)")
-    args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available to this torch")
-    device = torch.device(args.device)
+    args, device = parse_run(run_parser(__doc__.splitlines()[0], tuple(HOSTS), "reference"))
     b, v, r = PRESETS["quick" if args.quick else args.device]
     os.environ["WANDB_MODE"] = "offline"  # wandb never reaches the network; its files go to a temp dir
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -23,7 +23,6 @@ while in a real epoch of hundreds of batches the per-batch cost does.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -32,7 +31,7 @@ import time
 import memory
 import torch
 import torch.nn.functional as F
-from hosts import HOSTS, Host
+from hosts import HOSTS, Host, parse_run, run_parser
 
 from telemetry import DiagnosticTracker, load_config, profile_names
 
@@ -141,18 +140,7 @@ def device_name(device: torch.device) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small run: a few minutes on 2 CPU cores")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--host", choices=(*HOSTS, "all"), default="all")
-    parser.add_argument("--batches", type=int, help="training batches per epoch")
-    parser.add_argument("--val-batches", type=int, help="validation batches per epoch")
-    parser.add_argument("--reps", type=int, help="repetitions (epochs per variant)")
-    args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available to this torch")
-    device = torch.device(args.device)
+    args, device = parse_run(run_parser(__doc__.splitlines()[0], (*HOSTS, "all"), "all"))
     preset = PRESETS["quick" if args.quick else args.device]
     hosts = list(HOSTS) if args.host == "all" else [args.host]
     result: dict[str, object] = {"device": device_name(device), "torch": torch.__version__, "hosts": {}}

@@ -222,12 +222,16 @@ class Pack:
             else:
                 yield from dataset.to_batches(columns=columns, filter=expression)
         except (OSError, pa.ArrowException, ValueError) as exc:
-            text = " ".join(str(exc).split())
-            if isinstance(exc, FileNotFoundError) or "No such file" in text:
-                raise PackError(f"{self.path}: a {table} file of split {split!r} is missing ({text}); a writer "
-                                "compacted the pack after it was opened: open it again") from None
-            raise PackError(f"{self.path}: cannot read the {table} files of split {split!r}: "
-                            f"{str(exc).splitlines()[0]}") from None
+            raise self._unreadable(exc, f"{table} file of split {split!r}", f"{table} files of split {split!r}",
+                                   str(exc).splitlines()[0]) from None
+
+    def _unreadable(self, exc: Exception, file: str, files: str, detail: str) -> PackError:
+        """A failed scan, told apart: a file a compaction removed after this Pack opened, or damage."""
+        text = " ".join(str(exc).split())
+        if isinstance(exc, FileNotFoundError) or "No such file" in text:
+            return PackError(f"{self.path}: a {file} is missing ({text}); a writer compacted the pack after it "
+                             "was opened: open it again")
+        return PackError(f"{self.path}: cannot read the {files}: {detail}")
 
     # ---- polars --------------------------------------------------------------------------------
     def lazy(self, table: Table = "steps", split: str | Sequence[str] | None = None) -> pl.LazyFrame:
@@ -349,12 +353,8 @@ class Pack:
         try:  # a file can vanish between the checks and the reads (a writer compacting meanwhile)
             out = read_matrix(paths, rows, names, labels, self.manifest.actions, centre, scale, NO_ACTION, wanted)
         except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
-            text = " ".join(str(exc).split())
-            if isinstance(exc, FileNotFoundError) or "No such file" in text:
-                raise PackError(f"{self.path}: a steps file is missing ({text}); a writer compacted the pack "
-                                "after it was opened: open it again") from None
-            raise PackError(f"{self.path}: cannot read the steps files: {text}; "
-                            f"run `esper validate {self.path}`") from None
+            detail = f"{' '.join(str(exc).split())}; run `esper validate {self.path}`"
+            raise self._unreadable(exc, "steps file", "steps files", detail) from None
         return PackTensors(torch.from_numpy(out.features), torch.from_numpy(out.labels),
                            torch.from_numpy(out.masks), names)
 

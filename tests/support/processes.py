@@ -23,24 +23,28 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-def group_members(pgid: int) -> list[str]:
-    """Live (non-zombie) processes of a process group, as 'pid name'."""
-    alive = []
+# fields of /proc/PID/stat after the name: state, ppid, pgrp, session
+_PARENT, _GROUP, _SESSION = 1, 2, 3
+
+
+def _live(field: int, value: int) -> list[tuple[str, str]]:
+    """(pid, name) of every live (non-zombie) process whose stat `field` equals `value`."""
+    found = []
     for entry in Path("/proc").glob("[0-9]*"):
         stat = _stat(entry.name)
-        if stat and int(stat[1][2]) == pgid and stat[1][0] != "Z":
-            alive.append(f"{entry.name} {stat[0]}")
-    return alive
+        if stat and int(stat[1][field]) == value and stat[1][0] != "Z":
+            found.append((entry.name, stat[0]))
+    return found
+
+
+def group_members(pgid: int) -> list[str]:
+    """Live (non-zombie) processes of a process group, as 'pid name'."""
+    return [f"{pid} {name}" for pid, name in _live(_GROUP, pgid)]
 
 
 def session_members(sid: int) -> list[str]:
     """Live (non-zombie) processes of a session (Ray puts its workers in process groups of their own)."""
-    alive = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        stat = _stat(entry.name)
-        if stat and int(stat[1][3]) == sid and stat[1][0] != "Z":
-            alive.append(f"{entry.name} {stat[0]}")
-    return alive
+    return [f"{pid} {name}" for pid, name in _live(_SESSION, sid)]
 
 
 def wait_group_gone(pgid: int, timeout: float) -> list[str]:
@@ -53,12 +57,7 @@ def wait_group_gone(pgid: int, timeout: float) -> list[str]:
 
 def children(pid: int) -> list[int]:
     """Live children of `pid`."""
-    out = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        stat = _stat(entry.name)
-        if stat and int(stat[1][1]) == pid and stat[1][0] != "Z":
-            out.append(int(entry.name))
-    return out
+    return [int(child) for child, _ in _live(_PARENT, pid)]
 
 
 def descendants_titled(pid: int, prefix: str) -> list[int]:
