@@ -54,6 +54,9 @@ from telemetry.packs import MANIFEST_NAME, NO_ACTION, Pack, file_sha256
 # target -> the steps column its labels come from
 TARGETS = {"heuristic": "action", "oracle": "best_action", "advantage": "counterfactual"}
 SPLITS = ("train", "val", "test")
+# No useful learning rate comes near it; far above it (about 3e37) AdamW's bias-corrected step
+# overflows float32 and torch raises instead of diverging.
+MAX_LR = 1e6
 
 
 class TrainError(EsperError):
@@ -83,6 +86,8 @@ class TrainOptions:
             if not (low_ok and math.isfinite(value)):  # an infinite --lr trains a NaN network
                 bound = ">= 0" if name == "weight_decay" else "> 0"
                 raise TrainError(f"--{name.replace('_', '-')} must be a finite number {bound}, got {value}")
+        if self.lr > MAX_LR:
+            raise TrainError(f"--lr must be at most {MAX_LR:g}, got {self.lr}")
         if self.layers > MAX_LAYERS:
             raise TrainError(f"--layers must be at most {MAX_LAYERS}, got {self.layers}")
         size = network_parameters(inputs or 1, actions or 1, self.hidden, self.layers, self.model)
@@ -272,8 +277,8 @@ def _fit(net: PolicyNet | SequenceNet, data: dict[str, SplitData], loss: Loss, o
         elif epoch - best_epoch >= options.patience:
             break
     if best_state is None:  # every epoch's validation loss was NaN or infinite: the weights diverged
-        raise TrainError(f"training diverged: no epoch gave a finite validation loss (--lr {options.lr}); "
-                         "use a smaller --lr")
+        raise TrainError(f"training diverged: no epoch gave a finite validation loss (--lr {options.lr}, "
+                         f"--weight-decay {options.weight_decay}); use a smaller --lr or --weight-decay")
     net.load_state_dict(best_state)
     return epoch, best_epoch
 

@@ -251,7 +251,8 @@ def test_labels_that_their_mask_forbids_are_refused(tmp_path: Path, capsys) -> N
     ("diagnostic", {"--features": "base,bogus"}, "'bogus' is not a profile"),
     ("minimal", {"--features": "loss_landscape"}, "'loss_landscape' is not a profile"),  # a group it lacks
     ("diagnostic", {"--lr": "inf"}, "--lr must be a finite number > 0, got inf"),
-    ("diagnostic", {"--lr": "1e30"}, "training diverged"),
+    ("diagnostic", {"--lr": "3.402823466385288e+37"}, "--lr must be at most 1e+06, got 3.402823466385288e+37"),
+    ("diagnostic", {"--weight-decay": "1e30"}, "training diverged"),
     ("diagnostic", {"--patience": "0"}, "--patience must be a finite number > 0, got 0"),
 ])
 def test_bad_train_settings_are_one_line_and_write_nothing(pack_name: str, change: dict[str, str], needle: str,
