@@ -36,7 +36,12 @@ from pipelines.environment.morphogenetic_env import MorphogeneticEnv, episode_rn
 from pipelines.environment.scenarios import REMEDIES, SCENARIOS, make_scenario
 from pipelines.generation.engine import Done, EngineOptions, Task, open_engine
 from pipelines.generation.episode_task import one_thread
-from pipelines.policies.experts import FixedBlueprintHeuristic, expert_action, schedule_action
+from pipelines.policies.experts import (
+    EXPERT_GERMINATE_FROM,
+    FixedBlueprintHeuristic,
+    expert_action,
+    schedule_action,
+)
 from pipelines.policies.heuristic import HeuristicTamiyo
 from telemetry import EsperError, load_config
 
@@ -73,7 +78,7 @@ def _chooser(spec: CheckSpec, run: Run, cause: str) -> Callable[[MorphogeneticEn
     if run.strategy == "never":
         return lambda env, row: Action.WAIT
     if run.strategy == "oracle":
-        return lambda env, row: expert_action(env, REMEDIES[cause], germinate_from=1,
+        return lambda env, row: expert_action(env, REMEDIES[cause], germinate_from=EXPERT_GERMINATE_FROM,
                                               train_epochs=spec.train_epochs)
     if run.strategy in BLUEPRINT_NAMES:
         return lambda env, row: schedule_action(env, run.strategy, spec.germinate_at, spec.train_epochs)

@@ -29,6 +29,7 @@ from pipelines.environment.scenarios import REMEDIES, SCENARIOS, draw_scenario
 from pipelines.generation.annotations import HINDSIGHT_EPOCHS, decision_context, hindsight, red_flags
 from pipelines.generation.counterfactual import CONTINUATIONS, ActionValues, BranchPlan, action_values
 from pipelines.generation.summary import EpisodeLog
+from pipelines.policies.experts import EXPERT_GERMINATE_FROM, expert_action
 from pipelines.policies.heuristic import Decision, HeuristicTamiyo, NeverGerminate
 from pipelines.policies.learned_policy import LearnedPolicy, PolicyError
 from telemetry import TelemetryConfig
@@ -128,12 +129,13 @@ def run_episode(spec: GenerationSpec, index: int, dataset: Dataset) -> EpisodeRe
             counter = (action_values(env, valid, REMEDIES.get(scenario.name), spec.counterfactual_continuation,
                                      spec.counterfactual_epochs)
                        if len(valid) > 1 and plan.branch(env) else None)
+            expert = expert_action(env, REMEDIES.get(scenario.name), germinate_from=EXPERT_GERMINATE_FROM)
             view = env.policy_view(row)
             decision = policy.act(view, list(mask), explore)
             context = decision_context(view, decision.rule, decision.why_not)
             log.observe(t, row, "non_finite_training" in context.red_flags)
             log.act(t, decision.action, env.slot.stage.name, env.accuracy)
-            steps.append(_decision_row(row, decision, mask, context, counter))
+            steps.append(_decision_row(row, decision, mask, context, counter, expert))
             row, reward, done, _ = env.step(decision.action)
             accuracies.append(env.accuracy)
             steps[-1].update(reward=reward["total"], reward_accuracy=reward["accuracy_delta"],
@@ -148,7 +150,7 @@ def run_episode(spec: GenerationSpec, index: int, dataset: Dataset) -> EpisodeRe
 
 
 def _decision_row(row: dict[str, Any], decision: Decision, mask: np.ndarray, context: Any,
-                  counter: ActionValues | None) -> dict[str, Any]:
+                  counter: ActionValues | None, expert: Action) -> dict[str, Any]:
     out = dict(row)
     out.update(
         action=decision.action.name,
@@ -166,6 +168,7 @@ def _decision_row(row: dict[str, Any], decision: Decision, mask: np.ndarray, con
         best_actions=None if counter is None else counter.best,
         counterfactual_epochs=None if counter is None else counter.epochs,
         counterfactual_stratum=None if counter is None else counter.stratum,
+        expert_action=expert.name,
     )
     return out
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pipelines.environment.morphogenetic_env import MorphogeneticEnv
 
 TRAIN_EPOCHS = 3  # epochs a scheduled seed trains in isolation before it blends
+EXPERT_GERMINATE_FROM = 1  # the expert plants from the first decision after epoch 0's measurement
 
 
 def commit_action(env: MorphogeneticEnv, train_epochs: int = TRAIN_EPOCHS) -> Action:

@@ -11,7 +11,10 @@ episode as the pack assigned them. Targets:
 - `oracle`: the step's `best_action` from counterfactual rollouts, on the branched steps only;
 - `advantage`: every stored action value's advantage over WAIT, Q(s,a) - Q(s,WAIT), regressed on
   the branched steps (advantage.py); the policy takes the valid action of highest predicted
-  advantage, WAIT's being 0.
+  advantage, WAIT's being 0;
+- `expert`: the privileged expert's action (`expert_action`, recorded on every step): the expert
+  knows the cause, the policy must infer it from the features. DAgger (dagger.py) adds the states
+  the policy itself visits, labelled by the same expert.
 
 Models (`TrainOptions.model`): `mlp` reads one row; `gru` reads the episode's rows up to the current
 one (sequences.py), every row of the episode as history, the targets where they exist.
@@ -52,7 +55,7 @@ from telemetry import EsperError
 from telemetry.packs import MANIFEST_NAME, NO_ACTION, Pack, file_sha256
 
 # target -> the steps column its labels come from
-TARGETS = {"heuristic": "action", "oracle": "best_action", "advantage": "counterfactual"}
+TARGETS = {"heuristic": "action", "oracle": "best_action", "advantage": "counterfactual", "expert": "expert_action"}
 SPLITS = ("train", "val", "test")
 # No useful learning rate comes near it; far above it (about 3e37) AdamW's bias-corrected step
 # overflows float32 and torch raises instead of diverging.
@@ -181,6 +184,9 @@ def train_policy(pack: Pack, features: str | Sequence[str], target: str, rng_see
     options.check(len(names), len(pack.manifest.actions))
     for split in SPLITS:  # every split must hold episodes before any data is read
         _check_split_exists(pack, split)
+    if TARGETS[target] not in pack.schema("steps").names:
+        raise TrainError(f"{pack.path}: the steps table has no {TARGETS[target]!r} column, which --target {target} "
+                         "learns from (the pack was written before it was recorded); generate the pack again")
     data = {split: _checked_split(pack, names, split, target, options.model) for split in SPLITS}
     actions = list(pack.manifest.actions)
     if target == "advantage" and "WAIT" not in actions:

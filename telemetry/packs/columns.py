@@ -68,6 +68,10 @@ STEP_COLUMNS: dict[str, tuple[str, str]] = {
                           "towards WAIT); null where the step was not branched"),
     "counterfactual_stratum": ("-", "the seed lifecycle stratum of a branched step (dormant, training, blending, "
                                     "ramp_complete); branch points are drawn per stratum"),
+    "expert_action": ("-", "what the privileged expert, which knows the episode's cause, would do in this state "
+                           "(policies/experts.expert_action with the cause's remedy, germinating from epoch 1): "
+                           "the label of --target expert and of DAgger; recorded on every step, whatever "
+                           "the behaviour policy did; null in packs written before it existed"),
 }
 
 EPISODE_COLUMNS: dict[str, tuple[str, str]] = {
@@ -118,7 +122,7 @@ def column_entries(schemas: Mapping[str, pa.Schema], features: Iterable[Describe
 
     vocabulary = {name: f"label index {i}" for i, name in enumerate(actions)}
     positions = {str(i): name for i, name in enumerate(actions)}
-    codes = {"action": vocabulary, "best_action": vocabulary, "action_mask": positions}
+    codes = {"action": vocabulary, "best_action": vocabulary, "expert_action": vocabulary, "action_mask": positions}
     split_codes = {name: f"{fraction:.0%} of episodes" for name, fraction in splits.items()}
     specs = {spec.name: spec for spec in features}
     out: list[ColumnEntry] = []

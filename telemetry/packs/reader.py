@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import polars as pl
     import torch
 
+LABEL_COLUMNS = ("action", "best_action", "expert_action")  # steps columns of action names a label may come from
 NO_ACTION = -100  # torch's default ignore_index: unlabelled steps drop out of cross_entropy
 
 
@@ -324,8 +325,9 @@ class Pack:
         """Features as one float32 matrix, with action labels and valid-action masks.
 
         `labels` names the steps column of action names the labels come from: "action" (what the
-        behaviour policy did) or "best_action" (the counterfactual oracle's choice, null where the
-        step was not branched). A null label is NO_ACTION, which torch's cross-entropy ignores.
+        behaviour policy did), "best_action" (the counterfactual oracle's choice, null where the
+        step was not branched) or "expert_action" (the privileged expert's, every step). A null
+        label is NO_ACTION, which torch's cross-entropy ignores.
 
         Nulls become 0.0. With `normalize`, each feature is standardised with quick-stat mean and
         std (population, finite values) before nulls are filled, so a null lands on the mean:
@@ -335,8 +337,8 @@ class Pack:
         """
         names = self.feature_names(features)
         centre, scale = self.normalization(names, normalize)
-        if labels not in ("action", "best_action"):
-            raise PackError(f"labels: {labels!r}; expected 'action' or 'best_action'")
+        if labels not in LABEL_COLUMNS:
+            raise PackError(f"labels: {labels!r}; expected one of {', '.join(map(repr, LABEL_COLUMNS))}")
         return self._matrix(names, split, episodes, centre, scale, labels)
 
     def _matrix(self, names: list[str], split: str | Sequence[str] | None, episodes: str | Iterable[str] | None,

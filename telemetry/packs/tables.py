@@ -61,6 +61,7 @@ DECISION_FIELDS: tuple[pa.Field, ...] = (
     pa.field("best_action", pa.string()),
     pa.field("best_actions", pa.list_(pa.string())),
     pa.field("counterfactual_stratum", pa.string()),
+    pa.field("expert_action", pa.string()),
 )
 
 _KEY_MOMENT = pa.struct([("epoch", pa.int32()), ("event", pa.string()), ("detail", pa.string())])

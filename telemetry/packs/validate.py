@@ -171,8 +171,10 @@ def _vocabulary_problems(root: Path, manifest: Manifest) -> list[str]:
     and mask entries their meaning: an action outside it would become 'no label' in silence."""
     actions, problems = set(manifest.actions), []
     for entry in manifest.files_of("steps"):
-        table = pq.read_table(root / entry.path, columns=["action", "best_action", "action_mask"])
-        for column in ("action", "best_action"):
+        present = set(pq.read_schema(root / entry.path).names)
+        labels = [c for c in ("action", "best_action", "expert_action") if c in present]
+        table = pq.read_table(root / entry.path, columns=[*labels, "action_mask"])
+        for column in labels:
             unknown = sorted(set(table.column(column).drop_null().unique().to_pylist()) - actions)
             if unknown:
                 problems.append(f"{root / entry.path}: {column} {unknown[0]!r} is not one of manifest.json's actions")
