@@ -117,6 +117,12 @@ def draw_scenario(rng_seed: int, episode: int, names: tuple[str, ...] = SCENARIO
     return _draw_params(name, rng)
 
 
+def scenario_from(name: str, entropy: list[int]) -> Scenario:
+    """Scenario `name` with parameters drawn from a seed sequence of its own (an evaluation set's
+    namespace): the same distribution as `draw_scenario`'s, from streams no pack episode uses."""
+    return _draw_params(name, np.random.default_rng(np.random.SeedSequence(entropy)))
+
+
 def make_scenario(name: str, rng_seed: int = 0, episode: int = 0) -> Scenario:
     """Scenario `name` with parameters drawn as `draw_scenario` would (for tests and fixed-cause runs)."""
     return draw_scenario(rng_seed, episode, names=(name,))

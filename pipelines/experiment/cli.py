@@ -1,8 +1,9 @@
-"""The experiment commands: `esper compare`, `esper pool` and `esper control-check`."""
+"""The experiment commands: `esper compare` and `esper control-check`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from pipelines.environment.datasets import DATASETS, WITH_TEST_SPLIT
@@ -11,34 +12,45 @@ from pipelines.policies.learned_policy import MODELS
 from pipelines.training.train import TARGETS, TrainOptions
 from telemetry.cli import path_argument
 
+PILOT_REPLICATES = 3
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="does a richer profile make a better policy? train, evaluate, report")
-    p.add_argument("--baseline", default="minimal", help="profile whose features the baseline sees (default minimal)")
-    p.add_argument("--candidate", default="diagnostic",
-                   help="profile of the pack and the candidate (default diagnostic)")
-    p.add_argument("--episodes", type=int, help="episodes in the training pack (needed unless --pack is given)")
-    p.add_argument("--seeds", type=int, required=True, help="models trained per arm")
+    from pipelines.experiment.compare import CompareSpec
+
+    d = CompareSpec()
+    p = sub.add_parser("compare", help="does a richer profile make a better policy? replicates of the whole "
+                                       "pipeline, one shared evaluation set, one primary measure")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", type=path_argument,
-                   help="report folder (an interrupted run resumes)")
-    p.add_argument("--pack", metavar="PACK", type=path_argument,
-                   help="reuse this candidate-profile pack instead of generating one")
-    p.add_argument("--target", default="oracle", choices=TARGETS, help="training target (default oracle)")
-    p.add_argument("--online-episodes", type=int, default=40, metavar="M",
-                   help="fresh episodes each policy drives (default 40)")
+                   help="report folder (an interrupted run resumes; --replicates may grow)")
+    p.add_argument("--replicates", type=int, help=f"independent packs and models (default {d.replicates}, "
+                                                   f"{PILOT_REPLICATES} with --pilot)")
+    p.add_argument("--pilot", action="store_true",
+                   help="a small first run: reports the replicates a full run needs, no verdict")
+    p.add_argument("--baseline", default=d.baseline, help=f"profile of the baseline arm (default {d.baseline})")
+    p.add_argument("--candidate", default=d.candidate,
+                   help=f"profile of the packs and the candidate arm (default {d.candidate})")
+    p.add_argument("--ablation", default=d.ablation,
+                   help=f"feature selection of the ablation arm: profiles and groups, comma-separated "
+                        f"(default {d.ablation})")
+    p.add_argument("--episodes", type=int, default=d.episodes,
+                   help=f"episodes in each replicate's training pack (default {d.episodes})")
+    p.add_argument("--seeds", type=int, default=d.seeds, help=f"models per arm per replicate (default {d.seeds})")
+    p.add_argument("--eval-per-cause", type=int, default=d.eval_per_cause, metavar="M",
+                   help=f"shared evaluation episodes per cause (default {d.eval_per_cause})")
+    p.add_argument("--target", default=d.target, choices=TARGETS, help=f"training target (default {d.target})")
     p.add_argument("--workers", type=int, default=1, help="parallel episode workers")
     add_engine_arguments(p)
-    pack_s = "; with --pack, the pack's, and another value is refused"
-    p.add_argument("--dataset", choices=DATASETS, help=f"dataset of the episodes (default digits_hard{pack_s})")
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
+                   help=f"dataset of the episodes; needs a held-out test split (default {d.dataset})")
     p.add_argument("--data-dir", metavar="DIR", type=path_argument, help="where CIFAR-10's python batch files are")
-    p.add_argument("--epochs", type=int, help=f"epochs per episode (default 25{pack_s})")
-    p.add_argument("--seed", type=int,
-                   help=f"run seed of the pack; online episodes use seed + 1 (default 0{pack_s})")
-    p.add_argument("--counterfactual", type=float, metavar="P",
-                   help="counterfactual labels: one dormant branch point per episode, and each live lifecycle "
-                        f"stratum with probability P (default 0.5{pack_s})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per episode (default {d.epochs})")
+    p.add_argument("--seed", type=int, default=d.seed, help="replicate r's pack has run seed SEED + r (default 0)")
+    p.add_argument("--counterfactual", type=float, metavar="P", default=d.counterfactual_fraction,
+                   help="counterfactual labels in the packs (needed by --target oracle/advantage; "
+                        f"default {d.counterfactual_fraction})")
     p.add_argument("--counterfactual-epochs", type=int, metavar="K",
-                   help=f"horizon of each rollout in epochs (default: to the episode's end{pack_s})")
+                   help="horizon of each rollout in epochs (default: to the episode's end)")
     defaults = TrainOptions()
     p.add_argument("--model", choices=MODELS, default=defaults.model,
                    help="every arm's network: mlp (the current row) or gru (the episode's rows so far, the same "
@@ -51,11 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"epochs without a lower validation loss before stopping (default {defaults.patience})")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_compare)
-
-    q = sub.add_parser("pool", help="read replicates of `esper compare` (different --seed) as one answer")
-    q.add_argument("reports", nargs="+", metavar="REPORT_DIR", type=path_argument)
-    q.add_argument("--json", action="store_true", help="the pooled summaries as JSON instead of a table")
-    q.set_defaults(func=cmd_pool)
 
     _register_control_check(sub)
 
@@ -87,38 +94,27 @@ def _register_control_check(sub: argparse._SubParsersAction) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipelines.experiment.compare import CompareSpec, run_compare
-    from pipelines.experiment.report import verdict, write_report
+    from pipelines.experiment.report import write_report
 
+    replicates = args.replicates if args.replicates is not None else (
+        PILOT_REPLICATES if args.pilot else CompareSpec().replicates)
     spec = CompareSpec(
-        baseline=args.baseline, candidate=args.candidate, episodes=args.episodes, seeds=args.seeds,
-        target=args.target, online_episodes=args.online_episodes, dataset=args.dataset, data_dir=args.data_dir,
-        epochs=args.epochs, seed=args.seed, workers=args.workers, engine=engine_options(args),
-        counterfactual_fraction=args.counterfactual,
-        counterfactual_epochs=args.counterfactual_epochs,
+        baseline=args.baseline, candidate=args.candidate, ablation=args.ablation, replicates=replicates,
+        episodes=args.episodes, seeds=args.seeds, target=args.target, eval_per_cause=args.eval_per_cause,
+        dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, seed=args.seed, workers=args.workers,
+        engine=engine_options(args), counterfactual_fraction=args.counterfactual,
+        counterfactual_epochs=args.counterfactual_epochs, pilot=args.pilot,
         train=TrainOptions(hidden=args.hidden, max_epochs=args.max_epochs, patience=args.patience, model=args.model),
     )
     say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    results = run_compare(spec, args.out, pack=args.pack, say=say, show_progress=not args.quiet)
-    say("[5/5] report")
+    results = run_compare(spec, args.out, say=say, show_progress=not args.quiet)
     path = write_report(results, args.out)
     print(path)
-    print(verdict(results))
-    return 0
-
-
-def cmd_pool(args: argparse.Namespace) -> int:
-    import json
-
-    from pipelines.experiment.pool import markdown, pool, read_results
-
-    pooled = pool([read_results(r) for r in args.reports], list(args.reports))
-    print(json.dumps(pooled, indent=2, allow_nan=False) if args.json else markdown(pooled))
+    print(json.loads((path.parent / "summary.json").read_text())["verdict"])
     return 0
 
 
 def cmd_control_check(args: argparse.Namespace) -> int:
-    import json
-
     from pipelines.experiment.control_check import STRATEGIES, CheckSpec, run_check, runs_of
     from pipelines.experiment.control_check_report import analyse, text
     from telemetry import EsperError

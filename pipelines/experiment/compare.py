@@ -1,87 +1,83 @@
 """The experiment the telemetry exists for: does a richer feature set make a better policy?
 
-    results = run_compare(CompareSpec(baseline="minimal", candidate="diagnostic", episodes=200, seeds=3),
-                          "runs/compare")
+    results = run_compare(CompareSpec(replicates=8, episodes=96, eval_per_cause=4), "runs/compare")
 
-Phases (the design's migration plan, 1-5), every one on the same episodes for both feature sets:
+A replicate is one whole run of the learning pipeline: its own training pack (run seed `seed + r`,
+recorded with the candidate profile so every arm sees the same episodes, sliced by name to its own
+features) and its own trained models. Per replicate:
 
-1. one pack recorded with the candidate profile (generated, or reused with `pack=`), so the baseline
-   sees exactly the candidate's episodes, sliced by name to the baseline profile's features;
-2. K seeds of the same MLP, options and budget per arm, trained on the pack's train split;
-3. offline, on the held-out test episodes: agreement with the counterfactual oracle's best action,
-   the regret of the chosen action (rollout accuracy of the best action minus the chosen one's), and
-   how well each feature set identifies the hidden scenario cause (a logistic-regression probe);
-4. online: each trained policy, the greedy heuristic and never-germinate drive the same fresh
-   episodes (new seeds, the pack's scenario mix and settings); final accuracy, seeds fossilized,
-   parameters added;
-5. `report.write_report` turns the results into report.md, plots and results.json.
+1. the pack (generated, resumable);
+2. `seeds` models per learned arm, same network, options and budget: baseline (the baseline
+   profile), candidate (the candidate profile), ablation (a named feature selection between them);
+3. offline, on the pack's test episodes: agreement with the privileged expert and, where the pack
+   has counterfactual labels, with the oracle and the regret of the chosen action; a cause probe
+   (how well the arm's features identify the hidden cause).
 
-Every interval resamples episodes (see `bootstrap`), and arms are compared per episode (paired): an
-arm's value on an episode is the mean over its K seeds. Each phase writes under the report folder
-and an interrupted run picks up where it stopped (generation resumes; trained models are reused
-when they match this run's settings).
+Then every learned policy of every replicate, and the reference policies (the greedy heuristic, the
+privileged expert that knows the cause, never-germinate), play the one shared evaluation set
+(evaluation_set.py: stratified by cause, from a seed namespace no pack uses), scored by each
+episode's primary score. `analysis.py` turns the per-episode values into the pre-registered
+primary measure and its t-interval over replicates; `report.py` writes results.json, report.md and
+summary.json. Everything resumes: packs, models and evaluation episodes already done are reused when
+they match this run's settings, and `--replicates` may grow between runs (a pilot's replicates are
+the first replicates of the full run).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from pipelines.environment.datasets import WITH_TEST_SPLIT
 from pipelines.environment.host import HostCNN
 from pipelines.environment.morphogenetic_env import SLOT, EnvOptions
-from pipelines.experiment.bootstrap import RESAMPLES, SEED, bootstrap_ci
+from pipelines.experiment.evaluation_set import REFERENCES, Player, Setting, evaluate, evaluation_set
 from pipelines.experiment.report import claim_report_folder
 from pipelines.generation.engine import EngineOptions
 from pipelines.generation.episode import COUNTERFACTUAL_EPOCHS, GenerationSpec, episode_id
 from pipelines.generation.generate import check_spec, generate
 from pipelines.policies.learned_policy import LearnedPolicy, prepare
-from pipelines.training.metrics import balanced_accuracy
 from pipelines.training.train import TARGETS, TrainError, TrainOptions, train_policy
 from telemetry import EsperError, load_config, profile_feature_names, profile_names
 from telemetry.packs import DEFAULT_SPLITS, MANIFEST_NAME, Pack, file_sha256, open_pack, split_of
 
-ARMS = ("baseline", "candidate")
-REFERENCES = ("heuristic", "never")
-FORMAT = "esper-compare/1"
+ARMS = ("baseline", "candidate", "ablation")
+FORMAT = "esper-compare/2"
+EVAL_SEED = 0x0E5A1  # the evaluation set's seed: fixed, so every comparison plays the same episodes
+MIN_REPLICATES = 2  # a t-interval over replicates needs two
 
 
 class CompareError(EsperError):
     """Settings or a pack the comparison cannot run with."""
 
 
-# How the training pack is generated: with `pack=` these are the pack's, and a value given that
-# differs is refused (it would be recorded, but change nothing). CompareSpec field -> GenerationSpec field.
-PACK_SETTINGS = {"dataset": "dataset", "epochs": "epochs", "seed": "rng_seed",
-                 "counterfactual_fraction": "counterfactual_fraction", "counterfactual_epochs": "counterfactual_epochs"}
-GENERATION_DEFAULTS = {"dataset": "digits_hard", "epochs": 25, "seed": 0, "counterfactual_fraction": 0.5,
-                       "counterfactual_epochs": COUNTERFACTUAL_EPOCHS}  # None: rollouts to the episode's end
-
-
 @dataclass(frozen=True)
 class CompareSpec:
     baseline: str = "minimal"
     candidate: str = "diagnostic"
-    episodes: int | None = 200  # in the training pack, when it is generated (None with `pack=`)
-    seeds: int = 3  # models per arm
-    target: str = "oracle"
-    online_episodes: int = 40  # fresh episodes each policy drives
-    dataset: str | None = None  # None: GENERATION_DEFAULTS, or the pack's with `pack=` (PACK_SETTINGS)
+    ablation: str = "minimal,gradients"  # base + lifecycle (what every arm needs) + gradient health
+    replicates: int = 8
+    episodes: int = 96  # in each replicate's training pack
+    seeds: int = 1  # models per arm per replicate
+    target: str = "expert"
+    eval_per_cause: int = 4  # evaluation episodes per cause, shared by every replicate
+    dataset: str = "digits_hard"
     data_dir: str | None = None
-    epochs: int | None = None
-    seed: int | None = None
+    epochs: int = 25
+    seed: int = 0  # replicate r's pack has run seed seed + r
     workers: int = 1
-    engine: EngineOptions = field(default_factory=EngineOptions)  # where the packs' episodes run
-    counterfactual_fraction: float | None = None
-    counterfactual_epochs: int | None = None
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    counterfactual_fraction: float = 0.0
+    counterfactual_epochs: int | None = COUNTERFACTUAL_EPOCHS
     train: TrainOptions = field(default_factory=TrainOptions)
+    pilot: bool = False
 
     def check(self) -> None:
         for name in ("baseline", "candidate"):
@@ -98,157 +94,116 @@ class CompareSpec:
                                "arms' features: make the candidate the richer profile")
         if self.target not in TARGETS:
             raise CompareError(f"--target {self.target!r}; expected one of: {', '.join(TARGETS)}")
-        for name in ("seeds", "online_episodes", "workers"):
+        if self.target in ("oracle", "advantage") and self.counterfactual_fraction <= 0:
+            raise CompareError(f"--target {self.target} learns from counterfactual labels; expected --counterfactual "
+                               "> 0 (or --target expert)")
+        if self.replicates < MIN_REPLICATES:
+            raise CompareError(f"--replicates must be >= {MIN_REPLICATES} (the interval is a t-interval over "
+                               f"replicates), got {self.replicates}")
+        for name in ("seeds", "eval_per_cause", "workers"):
             if getattr(self, name) < 1:
                 raise CompareError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.dataset not in WITH_TEST_SPLIT:
+            raise CompareError(f"--dataset {self.dataset} has no held-out test split, which the primary score "
+                               f"reads; expected one of {', '.join(WITH_TEST_SPLIT)}")
         self.train.check()
         self.engine.check()
+        self._check_packs()
 
-    def with_defaults(self) -> CompareSpec:
-        """Settings not given take the generation defaults (no pack to take them from)."""
-        return replace(self, **{k: v for k, v in GENERATION_DEFAULTS.items() if getattr(self, k) is None})
+    def _check_packs(self) -> None:
+        try:
+            for r in range(self.replicates):
+                check_spec(self.generation(r), self.episodes, self.workers, self.engine)
+        except EsperError as exc:
+            raise CompareError(str(exc)) from None
+        missing, index = set(DEFAULT_SPLITS), 0  # splits are a hash of the episode id: known before generating
+        while missing and index < self.episodes:
+            missing.discard(split_of(episode_id(index), DEFAULT_SPLITS))
+            index += 1
+        if missing:
+            raise CompareError(f"--episodes {self.episodes} puts no episode in the {' and '.join(sorted(missing))} "
+                               "split(s), which training and evaluation need; generate more episodes")
 
-    def generation(self) -> GenerationSpec:
+    def generation(self, replicate: int) -> GenerationSpec:
         return GenerationSpec(config=load_config(self.candidate), dataset=self.dataset, data_dir=self.data_dir,
-                              rng_seed=self.seed, epochs=self.epochs,
+                              rng_seed=self.seed + replicate, epochs=self.epochs,
                               counterfactual_fraction=self.counterfactual_fraction,
                               counterfactual_epochs=self.counterfactual_epochs)
+
+    def design(self) -> dict[str, Any]:
+        """What replicates of one comparison share: every setting but their number and the mode."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("replicates", "pilot", "workers", "engine")}
+        return out
 
 
 Progress = Callable[[str], None]
 
 
-def run_compare(spec: CompareSpec, out: str | Path, pack: str | Path | None = None,
-                say: Progress = print, show_progress: bool = True) -> dict[str, Any]:
-    """Every setting and a given pack are checked before anything is written under `out`."""
+def run_compare(spec: CompareSpec, out: str | Path, say: Progress = print,
+                show_progress: bool = True) -> dict[str, Any]:
+    """Every setting is checked before anything is written under `out`."""
     spec.check()
     out = Path(out)
-    given = _given_pack(spec, pack) if pack is not None else None
-    spec = _settled(spec, given) if given is not None else _checked_generation(spec.with_defaults())
-    claim_report_folder(out)
-    say(f"[1/5] pack: {pack or out / 'pack'}")
-    training = given or _generated_pack(spec, out, show_progress)
-    generation = _generation(training)
-    say(f"[2/5] training {spec.seeds} seed(s) x {len(ARMS)} arms on {training.path}")
-    models = {arm: [_model(spec, training, arm, s, out) for s in range(spec.seeds)] for arm in ARMS}
-    say("[3/5] offline evaluation on the test split")
-    offline = _offline(training, models)
-    say(f"[4/5] online: {2 * spec.seeds + 2} policies x {spec.online_episodes} fresh episodes")
-    online = _online(spec, training, generation, models, out, show_progress)
+    claim_report_folder(out, spec.design())
+    replicates = []
+    for r in range(spec.replicates):
+        say(f"[replicate {r + 1}/{spec.replicates}] pack, {len(ARMS) * spec.seeds} models, offline")
+        replicates.append(_replicate(spec, r, out, show_progress))
+    episodes = evaluation_set(spec.eval_per_cause, EVAL_SEED)
+    players = [Player(name) for name in REFERENCES] + [
+        Player(f"r{rep['index']}/{name}", str(out / f"replicate-{rep['index']}" / "models" / name), sha)
+        for rep in replicates for names in rep["models"].values() for name, sha in names.items()]
+    say(f"[evaluation] {len(players)} policies x {len(episodes)} shared episodes")
+    setting = Setting(load_config(spec.candidate), spec.dataset, spec.data_dir, spec.epochs, EnvOptions())
+    online = evaluate(setting, players, episodes, out / "evaluation.jsonl", spec.workers, spec.engine)
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {**asdict(spec), "pack": str(training.path)},
-        "pack": _pack_facts(training),
-        "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "confidence": 0.95,
-                      "method": "percentile bootstrap over episodes: rng = numpy.random.default_rng(seed); "
-                                "index = rng.integers(0, n, (resamples, n)); bounds = percentiles 2.5 and "
-                                "97.5 of values[index].mean(axis=1)"},
-        "arms": {arm: {"features": getattr(spec, arm), "n_features": len(models[arm][0].feature_names),
-                       "models": [m.name for m in models[arm]]} for arm in ARMS},
-        "offline": offline,
-        "online": online,
+        "settings": {**asdict(spec)},
+        "evaluation_set": {"seed": EVAL_SEED, "per_cause": spec.eval_per_cause,
+                           "episodes": [e.describe() for e in episodes]},
+        "replicates": replicates,
+        "online": {name: {str(i): _kept(v) for i, v in by_episode.items()} for name, by_episode in online.items()},
     }
 
 
-# ---- phase 1: the pack ---------------------------------------------------------------------------
-
-def _checked_generation(spec: CompareSpec) -> CompareSpec:
-    if spec.episodes is None or spec.episodes < 1:
-        given = "missing" if spec.episodes is None else f"{spec.episodes}"
-        raise CompareError(f"--episodes is {given}; expected >= 1 episodes to generate the pack, or --pack "
-                           "to reuse one")
-    try:
-        check_spec(spec.generation(), spec.episodes, spec.workers, spec.engine)
-    except EsperError as exc:
-        raise CompareError(str(exc)) from None
-    missing, index = set(DEFAULT_SPLITS), 0  # splits are a hash of the episode id: known before generating
-    while missing and index < spec.episodes:
-        missing.discard(split_of(episode_id(index), DEFAULT_SPLITS))
-        index += 1
-    if missing:
-        raise CompareError(f"--episodes {spec.episodes} puts no episode in the {' and '.join(sorted(missing))} "
-                           "split(s), which training and evaluation need; generate more episodes")
-    return spec
+def _kept(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("score", "test_accuracy", "cost", "param_epochs", "actions")}
 
 
-def _generated_pack(spec: CompareSpec, out: Path, show_progress: bool) -> Pack:
-    path = out / "pack"
-    generate(spec.generation(), path, spec.episodes, workers=spec.workers,
-             resume=(path / MANIFEST_NAME).exists(), show_progress=show_progress, engine=spec.engine)
-    return _checked_pack(spec, open_pack(path))
+# ---- one replicate -------------------------------------------------------------------------------
 
-
-def _given_pack(spec: CompareSpec, pack: str | Path) -> Pack:
-    return _checked_pack(spec, open_pack(pack))
-
-
-def _settled(spec: CompareSpec, pack: Pack) -> CompareSpec:
-    """The spec with the pack's generation settings; a given setting that differs is refused, as it
-    would be recorded without changing anything (replicates that differed in name only)."""
-    generation = _generation(pack)
-    used = {name: generation.get(key) for name, key in PACK_SETTINGS.items()}
-    for name, value in used.items():
-        given = getattr(spec, name)
-        if given is not None and given != value:
-            flag = "--" + {"counterfactual_fraction": "counterfactual"}.get(name, name).replace("_", "-")
-            raise CompareError(f"{flag} {given} conflicts with --pack {pack.path}, generated with {value}; leave "
-                               f"{flag} out to use the pack's (or generate a pack with it)")
-    episodes = pack.manifest.quick_stats.episodes
-    if spec.episodes is not None and spec.episodes != episodes:
-        raise CompareError(f"--episodes {spec.episodes} conflicts with --pack {pack.path}, which holds {episodes}; "
-                           "leave --episodes out with --pack")
-    return replace(spec, episodes=episodes, **used)
-
-
-def _checked_pack(spec: CompareSpec, opened: Pack) -> Pack:
-    have = set(opened.manifest.feature_schema.index)
-    for arm in ARMS:
-        wanted = opened.manifest.profiles.get(getattr(spec, arm))
-        if wanted is None or not set(wanted) <= have:
-            recorded = opened.manifest.telemetry_config.profile_name
-            raise CompareError(f"{opened.path}: recorded with profile {recorded!r}, which does not hold the {arm} "
-                               f"profile {getattr(spec, arm)!r}; expected a pack recorded with --profile "
-                               f"{spec.candidate}")
-    if spec.target in ("oracle", "advantage") and _no_oracle_labels(opened, TARGETS[spec.target]):
-        raise CompareError(f"{opened.path}: no step carries a counterfactual label, so --target {spec.target} has "
-                           "nothing to learn; generate with --counterfactual > 0 or use --target heuristic")
-    return opened
-
-
-def _no_oracle_labels(pack: Pack, column: str) -> bool:
-    labels = pack.steps(columns=[column]).column(column)
-    return labels.null_count == len(labels)
-
-
-def _generation(pack: Pack) -> dict[str, Any]:
-    generation = (pack.manifest.provenance.model_extra or {}).get("generation")
-    if not isinstance(generation, dict):
-        raise CompareError(f"{pack.path}: not written by `esper generate`, so fresh episodes cannot reproduce its "
-                           "settings; expected a generated pack")
-    return generation
+def _replicate(spec: CompareSpec, r: int, out: Path, show_progress: bool) -> dict[str, Any]:
+    folder = out / f"replicate-{r}"
+    path = folder / "pack"
+    generate(spec.generation(r), path, spec.episodes, workers=spec.workers, resume=(path / MANIFEST_NAME).exists(),
+             show_progress=show_progress, engine=spec.engine)
+    pack = open_pack(path)
+    models = {arm: [_model(spec, pack, arm, s, folder) for s in range(spec.seeds)] for arm in ARMS}
+    return {"index": r, "seed": spec.seed + r, "pack": _pack_facts(pack),
+            "models": {arm: {m.name: m.weights_sha256 for m in models[arm]} for arm in ARMS},
+            "features": {arm: len(models[arm][0].feature_names) for arm in ARMS},
+            "offline": _offline(pack, models)}
 
 
 def _pack_facts(pack: Pack) -> dict[str, Any]:
-    episodes = pack.episodes(columns=["episode_id", "split"])
-    splits = defaultdict(int)
+    episodes = pack.episodes(columns=["episode_id", "split", "seed"])
+    splits: dict[str, int] = defaultdict(int)
     for split in episodes.column("split").to_pylist():
         splits[split] += 1
-    return {"path": str(pack.path), "profile": pack.manifest.telemetry_config.profile_name,
-            "episodes": episodes.num_rows, "episodes_per_split": dict(splits),
+    return {"path": str(pack.path), "episodes": episodes.num_rows, "episodes_per_split": dict(splits),
             "steps": pack.manifest.quick_stats.steps, "manifest_sha256": file_sha256(pack.path / MANIFEST_NAME),
-            "generation": _generation(pack)}
+            "env_seeds": episodes.column("seed").to_pylist()}
 
 
-# ---- phase 2: training ---------------------------------------------------------------------------
-
-def _model(spec: CompareSpec, pack: Pack, arm: str, seed: int, out: Path) -> LearnedPolicy:
+def _model(spec: CompareSpec, pack: Pack, arm: str, seed: int, folder: Path) -> LearnedPolicy:
     """Train one arm's seed, or reuse the model an interrupted run saved with the same settings."""
-    directory = out / "models" / f"{arm}-s{seed}"
+    directory = folder / "models" / f"{arm}-s{seed}"
     features = getattr(spec, arm)
+    selection = features.split(",") if "," in features else features
     if (directory / "policy.json").exists():
         policy = LearnedPolicy.load(directory)
-        wanted = {"features": features, "target": spec.target, "seed": seed, "options": asdict(spec.train),
+        wanted = {"features": selection, "target": spec.target, "seed": seed, "options": asdict(spec.train),
                   "pack": file_sha256(pack.path / MANIFEST_NAME)}
         found = {"features": policy.meta.get("features"), "target": policy.meta.get("target"),
                  "seed": policy.meta.get("training", {}).get("seed"),
@@ -256,63 +211,55 @@ def _model(spec: CompareSpec, pack: Pack, arm: str, seed: int, out: Path) -> Lea
                  "pack": policy.meta.get("provenance", {}).get("pack_manifest_sha256")}
         if found != wanted:
             raise CompareError(f"{directory}: holds a model trained with other settings; choose another --out")
-        return policy
-    try:
-        result = train_policy(pack, features, spec.target, rng_seed=seed, options=spec.train)
-    except TrainError as exc:
-        raise CompareError(str(exc)) from None
-    result.policy.save(directory)
-    result.policy.name = directory.name
-    return result.policy
+    else:
+        try:
+            result = train_policy(pack, selection, spec.target, rng_seed=seed, options=spec.train)
+        except (TrainError, EsperError) as exc:
+            raise CompareError(f"replicate pack {pack.path}: {exc}") from None
+        result.policy.save(directory)
+        policy = LearnedPolicy.load(directory)
+    policy.name = directory.name
+    return policy
 
 
-# ---- phase 3: offline ----------------------------------------------------------------------------
+# ---- offline -------------------------------------------------------------------------------------
 
 def _offline(pack: Pack, models: dict[str, list[LearnedPolicy]]) -> dict[str, Any]:
+    """Per arm, per test episode (means over the arm's seeds): agreement with the expert; with the
+    oracle and regret where the pack has counterfactual labels; and the cause probe."""
     names = sorted({n for arm in ARMS for m in models[arm] for n in m.feature_names})
-    test = pack.steps(split="test", columns=[*names, "episode_id", "step", "action_mask", "best_actions",
-                                              "counterfactual"])
-    labelled = test.column("best_actions").is_valid()
-    per_model = {m.name: _oracle_scores(m, test, labelled, pack) for arm in ARMS for m in models[arm]}
-    agreement = {arm: _mean_over_seeds([per_model[m.name]["agreement"] for m in models[arm]]) for arm in ARMS}
-    regret = {arm: _mean_over_seeds([per_model[m.name]["regret"] for m in models[arm]]) for arm in ARMS}
-    probe = {arm: _cause_probe(pack, models[arm][0]) for arm in ARMS}
-    return {
-        "test_steps_with_oracle_label": int(pc.sum(labelled).as_py() or 0),
-        "models": {m.name: {**per_model[m.name], "evaluation": m.meta.get("evaluation")}
-                   for arm in ARMS for m in models[arm]},
-        "oracle_agreement": _arms_and_difference(agreement),
-        "regret": _arms_and_difference(regret),
-        "cause_probe": {**_arms_and_difference({a: probe[a]["by_episode"] for a in ARMS}),
-                        "balanced_accuracy": {a: probe[a]["balanced_accuracy"] for a in ARMS},
-                        "classes": probe[ARMS[0]]["classes"]},
-    }
+    test = pack.steps(split="test", columns=[*names, "episode_id", "step", "action_mask", "expert_action",
+                                              "best_actions", "counterfactual"])
+    out: dict[str, Any] = {}
+    for arm in ARMS:
+        scores = [_choice_scores(m, test, pack) for m in models[arm]]
+        out[arm] = {measure: _mean_over_seeds([s[measure] for s in scores]) for measure in scores[0]}
+        out[arm]["cause_probe"] = _cause_probe(pack, models[arm][0])
+    return out
 
 
-def _oracle_scores(policy: LearnedPolicy, test: pa.Table, labelled: pa.ChunkedArray,
-                   pack: Pack) -> dict[str, dict[str, float]]:
-    """Per test episode: share of labelled steps where the policy picks one of the oracle's best actions
-    (a tie set), and the mean regret in points of value of the policy's choice under the same rollouts.
-    The policy chooses at every step (a GRU reads each episode's rows so far), scored where labelled."""
+def _choice_scores(policy: LearnedPolicy, test: pa.Table, pack: Pack) -> dict[str, dict[str, float]]:
+    """Per test episode: share of steps where the policy picks the expert's action; where branched,
+    share picking one of the oracle's best actions and the mean regret (points of value)."""
     actions = list(pack.manifest.actions)
-    every = pa.array(policy.choose(test, str(pack.path)), pa.int64())
-    labelled = test.filter(labelled).append_column("chosen", pa.chunked_array([every]).filter(labelled))
-    chosen = labelled.column("chosen").to_pylist()
-    agreement: dict[str, list[float]] = defaultdict(list)
-    regret: dict[str, list[float]] = defaultdict(list)
-    rows = zip(labelled.column("episode_id").to_pylist(), labelled.column("best_actions").to_pylist(),
-               labelled.column("counterfactual").to_pylist(), chosen, strict=True)
-    for episode, best, rollouts, choice in rows:
-        value = {r["action"]: r["value"] for r in rollouts}
-        agreement[episode].append(float(actions[choice] in best))
-        regret[episode].append(max(value.values()) - value[actions[choice]])
-    return {"agreement": {e: float(np.mean(v)) for e, v in sorted(agreement.items())},
-            "regret": {e: float(np.mean(v)) for e, v in sorted(regret.items())}}
+    chosen = [actions[i] for i in policy.choose(test, str(pack.path))]
+    episodes = test.column("episode_id").to_pylist()
+    expert, best = test.column("expert_action").to_pylist(), test.column("best_actions").to_pylist()
+    rollouts = test.column("counterfactual").to_pylist()
+    found: dict[str, dict[str, list[float]]] = {"expert_agreement": defaultdict(list),
+                                                 "oracle_agreement": defaultdict(list), "regret": defaultdict(list)}
+    for e, choice, exp, tie, values in zip(episodes, chosen, expert, best, rollouts, strict=True):
+        found["expert_agreement"][e].append(float(choice == exp))
+        if tie is not None:
+            value = {v["action"]: v["value"] for v in values}
+            found["oracle_agreement"][e].append(float(choice in tie))
+            found["regret"][e].append(max(value.values()) - value[choice])
+    return {measure: {e: float(np.mean(v)) for e, v in sorted(by.items())} for measure, by in found.items() if by}
 
 
-def _cause_probe(pack: Pack, policy: LearnedPolicy) -> dict[str, Any]:
-    """How well the arm's features identify the hidden scenario: a multinomial logistic regression on
-    train-split steps (features standardised as the policy's), scored on test-split steps."""
+def _cause_probe(pack: Pack, policy: LearnedPolicy) -> dict[str, float]:
+    """Per test episode, the share of its steps whose cause a multinomial logistic regression on the
+    arm's features (fitted on train-split steps, standardised as the policy's) names correctly."""
     from sklearn.linear_model import LogisticRegression
 
     cause = dict(zip(*(pack.episodes(columns=["episode_id", "scenario"]).column(c).to_pylist()
@@ -320,122 +267,18 @@ def _cause_probe(pack: Pack, policy: LearnedPolicy) -> dict[str, Any]:
     data = {}
     for split in ("train", "test"):
         steps = pack.steps(split=split, columns=[*policy.feature_names, "episode_id"])
-        x = _prepared(policy, steps, str(pack.path))
+        x = prepare(policy.standardize(steps, str(pack.path))).numpy()
         episodes = steps.column("episode_id").to_pylist()
         data[split] = (x, np.array([cause[e] for e in episodes]), episodes)
     model = LogisticRegression(max_iter=2000)
     model.fit(data["train"][0], data["train"][1])
     x, truth, episodes = data["test"]
-    predicted = model.predict(x)
     correct: dict[str, list[float]] = defaultdict(list)
-    for episode, ok in zip(episodes, predicted == truth, strict=True):
+    for episode, ok in zip(episodes, model.predict(x) == truth, strict=True):
         correct[episode].append(float(ok))
-    balanced = balanced_accuracy(list(truth), list(predicted))
-    return {"by_episode": {e: float(np.mean(v)) for e, v in sorted(correct.items())},
-            "balanced_accuracy": balanced,
-            "classes": sorted(set(data["train"][1]))}
-
-
-def _prepared(policy: LearnedPolicy, table: pa.Table, where: str) -> np.ndarray:
-    return prepare(policy.standardize(table, where)).numpy()
-
-
-# ---- phase 4: online -----------------------------------------------------------------------------
-
-def online_spec(pack: Pack, generation: dict[str, Any], policy: str, policy_sha256: str | None = None
-                ) -> GenerationSpec:
-    """Fresh episodes like the pack's: same config, dataset, epochs, scenario mix and environment
-    options; the run seed is the pack's plus one, so no episode repeats one the policies trained on.
-    Exploration and counterfactual branching are off: this measures the policy, nothing else."""
-    return GenerationSpec(
-        config=pack.manifest.telemetry_config, dataset=generation["dataset"], data_dir=generation.get("data_dir"),
-        rng_seed=int(generation["rng_seed"]) + 1, epochs=int(generation["epochs"]),
-        device=generation.get("device", "cpu"),
-        policy=policy, policy_sha256=policy_sha256, epsilon=0.0, counterfactual_fraction=0.0,
-        scenarios=tuple(generation["scenarios"]), options=EnvOptions(**generation["options"]))
-
-
-def _online(spec: CompareSpec, pack: Pack, generation: dict[str, Any], models: dict[str, list[LearnedPolicy]],
-            out: Path, show_progress: bool) -> dict[str, Any]:
-    runs = {name: (name, None) for name in REFERENCES}
-    runs.update({m.name: (str(out / "models" / m.name), m.weights_sha256) for arm in ARMS for m in models[arm]})
-    episodes: dict[str, pa.Table] = {}
-    for name, (policy, sha) in runs.items():
-        path = out / "online" / name
-        gen = online_spec(pack, generation, policy, sha)
-        generate(gen, path, spec.online_episodes, workers=spec.workers,
-                 resume=(path / MANIFEST_NAME).exists(), show_progress=show_progress, engine=spec.engine)
-        episodes[name] = open_pack(path).episodes(columns=["episode_id", "scenario", "final_accuracy",
-                                                           "params_added", "seed_outcomes"])
-    per_policy = {name: _episode_metrics(table) for name, table in episodes.items()}
-    ids = sorted(per_policy["never"]["final_accuracy"])
-    scenario = dict(zip(episodes["never"].column("episode_id").to_pylist(),
-                        episodes["never"].column("scenario").to_pylist(), strict=True))
-    arms = {**{arm: {metric: _mean_over_seeds([per_policy[m.name][metric] for m in models[arm]])
-                     for metric in METRICS} for arm in ARMS},
-            **{ref: per_policy[ref] for ref in REFERENCES}}
-    return {
-        "episodes": ids,
-        "scenario": {e: scenario[e] for e in ids},
-        "policies": per_policy,
-        "arms": {arm: {metric: summarize(values) for metric, values in by_metric.items()}
-                 for arm, by_metric in arms.items()},
-        "differences": {f"{a} - {b}": {metric: summarize(_paired(arms[a][metric], arms[b][metric]))
-                                       for metric in METRICS} for a, b in DIFFERENCES},
-        "per_cause": _per_cause(arms, scenario, ids),
-    }
-
-
-METRICS = ("final_accuracy", "fossilized", "params_added")
-DIFFERENCES = (("candidate", "baseline"), ("candidate", "heuristic"), ("baseline", "heuristic"),
-               ("candidate", "never"), ("baseline", "never"), ("heuristic", "never"))
-
-
-def _episode_metrics(table: pa.Table) -> dict[str, dict[str, float]]:
-    rows = table.to_pylist()
-    return {
-        "final_accuracy": {r["episode_id"]: float(r["final_accuracy"]) for r in rows},
-        "fossilized": {r["episode_id"]: float(sum(s["outcome"] == "fossilized" for s in r["seed_outcomes"] or []))
-                       for r in rows},
-        "params_added": {r["episode_id"]: float(r["params_added"]) for r in rows},
-    }
-
-
-def _per_cause(arms: dict[str, dict[str, dict[str, float]]], scenario: dict[str, str],
-               ids: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for cause in sorted(set(scenario.values())):
-        chosen = [e for e in ids if scenario[e] == cause]
-        out[cause] = {arm: summarize({e: values["final_accuracy"][e] for e in chosen})
-                      for arm, values in arms.items()}
-        out[cause]["candidate - baseline"] = summarize(
-            _paired({e: arms["candidate"]["final_accuracy"][e] for e in chosen}, arms["baseline"]["final_accuracy"]))
-    return out
-
-
-# ---- shared --------------------------------------------------------------------------------------
-
-def summarize(by_episode: dict[str, float]) -> dict[str, Any]:
-    """Mean and 95% bootstrap interval of per-episode values, with the values themselves."""
-    ids = sorted(by_episode)
-    mean, low, high = bootstrap_ci([by_episode[e] for e in ids])
-    return {"mean": _finite(mean), "low": _finite(low), "high": _finite(high), "n": len(ids),
-            "by_episode": {e: by_episode[e] for e in ids}}
-
-
-def _arms_and_difference(values: dict[str, dict[str, float]]) -> dict[str, Any]:
-    out = {arm: summarize(values[arm]) for arm in ARMS}
-    out["candidate - baseline"] = summarize(_paired(values["candidate"], values["baseline"]))
-    return out
+    return {e: float(np.mean(v)) for e, v in sorted(correct.items())}
 
 
 def _mean_over_seeds(per_seed: list[dict[str, float]]) -> dict[str, float]:
     return {e: float(np.mean([seed[e] for seed in per_seed])) for e in sorted(per_seed[0])}
 
-
-def _paired(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    return {e: a[e] - b[e] for e in sorted(a) if e in b}
-
-
-def _finite(value: float) -> float | None:
-    return None if not np.isfinite(value) else float(value)

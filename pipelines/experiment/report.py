@@ -1,9 +1,8 @@
-"""The comparison's report: results.json (every per-episode value), report.md, plots, one verdict.
+"""The comparison's report: results.json (every per-episode value), summary.json, report.md, one plot.
 
-Numbers in report.md are results.json's summaries printed with two decimals (accuracy points, or
-percent for agreement and probe scores): `mean [low, high]`, the 95% bootstrap interval over
-episodes. Nothing in the report is computed here that is not in results.json, so anyone can check
-it against the per-episode values.
+summary.json is `analysis.analyse(results.json)` and report.md prints summary.json's numbers with
+two decimals (`mean [low, high]`, the 95% t-interval over replicates); nothing is computed here
+that a reader cannot recompute from results.json.
 """
 
 from __future__ import annotations
@@ -13,17 +12,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipelines.experiment.analysis import ARMS, REFERENCES, analyse
 from telemetry import EsperError
 from telemetry.packs import MANIFEST_NAME
 
-ARM_ORDER = ("baseline", "candidate", "heuristic", "never")
-COLOURS = {"baseline": "#4C72B0", "candidate": "#DD8452", "heuristic": "#55A868", "never": "#8C8C8C"}
-MARKER = ".esper-compare"  # in a report folder: written by `esper compare`, so a rerun may resume there
+MARKER = ".esper-compare"  # in a report folder: the design it was written with, so a rerun may resume
 
 
-def claim_report_folder(out: Path) -> None:
-    """The report folder: absent, empty, or one an earlier `esper compare` wrote (it resumes there);
-    never a pack or a folder of someone else's, which models, plots and reports would be mixed into."""
+def claim_report_folder(out: Path, design: dict[str, Any]) -> None:
+    """The report folder: absent, empty, or one an earlier `esper compare` of the same design wrote
+    (it resumes there, with as many replicates as asked); never a pack or someone else's folder."""
     if out.is_symlink() and not out.exists():
         raise EsperError(f"--out {out}: a symbolic link to {os.readlink(out)!r}, which does not exist; "
                          "expected an absent or empty folder")
@@ -31,263 +29,177 @@ def claim_report_folder(out: Path) -> None:
         if not out.is_dir():
             raise EsperError(f"--out {out}: exists and is not a folder; expected an absent or empty folder")
         if (out / MANIFEST_NAME).exists():
-            raise EsperError(f"--out {out}: is a pack; --out is the report folder (--pack reuses a pack)")
-        if any(out.iterdir()) and not (out / MARKER).is_file():
-            raise EsperError(f"--out {out}: exists, is not empty and was not written by `esper compare` (no "
-                             f"{MARKER}); choose an absent or empty folder")
+            raise EsperError(f"--out {out}: is a pack; --out is the report folder")
+        if any(out.iterdir()):
+            _same_design(out, design)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("esper-compare\n", encoding="utf-8")
+    (out / MARKER).write_text(json.dumps(design, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _same_design(out: Path, design: dict[str, Any]) -> None:
+    marker = out / MARKER
+    if not marker.is_file():
+        raise EsperError(f"--out {out}: exists, is not empty and was not written by `esper compare` (no "
+                         f"{MARKER}); choose an absent or empty folder")
+    try:
+        found = json.loads(marker.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        found = None
+    if not isinstance(found, dict):
+        raise EsperError(f"--out {out}: written by an earlier version of `esper compare`; choose another --out")
+    changed = sorted(k for k in set(found) | set(design) if found.get(k) != design.get(k))
+    if changed:
+        key = changed[0]
+        raise EsperError(f"--out {out}: holds a comparison with {key}={found.get(key)!r}, this run has "
+                         f"{design.get(key)!r}; only --replicates, --pilot, --workers and the engine may change "
+                         "when resuming: choose another --out")
 
 
 def write_report(results: dict[str, Any], out: str | Path) -> Path:
-    """results.json, plots/*.png and report.md under `out`; returns report.md's path."""
+    """results.json, summary.json, plots/primary.png and report.md under `out`; returns report.md's path."""
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    results = {**results, "verdict": verdict(results)}
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    plots = _plots(results, out / "plots")
+    summary = analyse(results)
+    summary["verdict"] = verdict(summary, results["settings"])
+    (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    _plot(summary, out / "plots" / "primary.png")
     path = out / "report.md"
-    path.write_text(_markdown(results, plots))
+    path.write_text(markdown(summary, results))
     return path
 
 
 # ---- the verdict ---------------------------------------------------------------------------------
 
-def verdict(results: dict[str, Any]) -> str:
-    """One sentence on the primary measure, online final accuracy (candidate - baseline, paired)."""
-    arms = results["arms"]
-    cand, base = arms["candidate"]["features"], arms["baseline"]["features"]
-    diff = results["online"]["differences"]["candidate - baseline"]["final_accuracy"]
-    n, seeds = diff["n"], len(arms["candidate"]["models"])
-    where = f"on {n} fresh episodes ({seeds} training seed{'s' if seeds > 1 else ''} per arm)"
-    if diff["low"] is None:
-        return (f"Too few episodes to say whether {cand} features help: {where}, the difference in final "
-                f"accuracy is {diff['mean']:+.2f} points with no interval.")
-    interval = f"{diff['mean']:+.2f} points [95% CI {diff['low']:+.2f}, {diff['high']:+.2f}]"
-    offline = results["offline"]["oracle_agreement"]["candidate - baseline"]
-    agreement = ("" if offline["low"] is None else
-                 f"; offline, agreement with the oracle changed by {100 * offline['mean']:+.1f} percentage points "
-                 f"[{100 * offline['low']:+.1f}, {100 * offline['high']:+.1f}]")
-    if diff["low"] > 0:
-        return (f"Policies trained on {cand} features reached higher final host accuracy than those trained on "
-                f"{base} features {where}: {interval}{agreement}.")
-    if diff["high"] < 0:
-        return (f"Policies trained on {cand} features reached lower final host accuracy than those trained on "
-                f"{base} features {where}: {interval}{agreement}.")
-    return (f"No detectable difference in final host accuracy between policies trained on {cand} and on {base} "
-            f"features {where}: {interval}, an interval that includes zero{agreement}.")
+def verdict(summary: dict[str, Any], settings: dict[str, Any]) -> str:
+    """One paragraph on the primary measure (or, for a pilot, on the replicates a full run needs)."""
+    p, power, r = summary["primary"], summary["power"], summary["replicates"]
+    what = f"{settings['candidate']} - {settings['baseline']}, cause-weighted primary score"
+    interval = f"{p['mean']:+.2f} points [95% t-interval {p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}] over {r} replicates"
+    half = abs(power["ceiling"]) / 2
+    plan = (f"detecting 1 point with 80% power needs {_count(power['replicates_for_1_point'])} replicates, half "
+            f"the measured ceiling ({half:.2f} points) {_count(power['replicates_for_half_ceiling'])}; "
+            f"this run's minimum detectable effect is {_points(power['minimum_detectable_effect'])}")
+    if settings.get("pilot"):
+        return f"Pilot: {what} {interval}; {plan}."
+    low, high = p["ci95"]
+    if low > 0 or high < 0:
+        said = f"{settings['candidate']} features gave {'better' if low > 0 else 'worse'} policies"
+    else:
+        said = f"no detectable difference between {settings['candidate']} and {settings['baseline']} features"
+    best = summary["best_learned_minus_heuristic"]
+    beat = (f"best learned arm ({summary['best_learned_arm']}) - heuristic {best['mean']:+.2f} "
+            f"[{best['ci95'][0]:+.2f}, {best['ci95'][1]:+.2f}]")
+    return f"Primary ({what}): {said}, {interval}. Secondary: {beat}. Power: {plan}."
+
+
+def _count(n: int | None) -> str:
+    return "more than 10,000" if n is None else f"{n}"
+
+
+def _points(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f} points"
 
 
 # ---- markdown ------------------------------------------------------------------------------------
 
-def ci(summary: dict[str, Any], scale: float = 1.0, signed: bool = False) -> str:
-    """`mean [low, high]` with two decimals; n/a where a bound is missing."""
-    if summary["mean"] is None:
-        return "n/a"
+def ci(node: dict[str, Any], signed: bool = False) -> str:
+    """`mean [low, high]` with two decimals."""
     sign = "+" if signed else ""
-    mean = f"{scale * summary['mean']:{sign}.2f}"
-    if summary["low"] is None:
-        return f"{mean} [n/a]"
-    return f"{mean} [{scale * summary['low']:{sign}.2f}, {scale * summary['high']:{sign}.2f}]"
+    if node["ci95"] is None:
+        return f"{node['mean']:{sign}.2f} [n/a]"
+    low, high = node["ci95"]
+    return f"{node['mean']:{sign}.2f} [{low:{sign}.2f}, {high:{sign}.2f}]"
 
 
-def _markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
-    s, arms, online, offline = results["settings"], results["arms"], results["online"], results["offline"]
+def markdown(summary: dict[str, Any], results: dict[str, Any]) -> str:
+    s = results["settings"]
     lines = [
         f"# Does richer telemetry make a better policy? {s['candidate']} vs {s['baseline']}",
-        "",
-        f"Generated {results['created']} by `esper compare`.",
-        "",
-        "## Verdict",
-        "",
-        results["verdict"],
-        "",
-        *_setup(results),
-        "## Online: policies driving fresh episodes",
-        "",
-        f"{len(online['episodes'])} episodes, the same for every policy (new seeds, the pack's scenario mix); "
-        "a learned arm's value per episode is the mean over its seeds. Mean [95% bootstrap CI over episodes].",
-        "",
-        "| policy | final accuracy (%) | seeds fossilized | parameters added |",
-        "|---|---|---|---|",
-        *[f"| {_label(arm, arms)} | {ci(m['final_accuracy'])} | {ci(m['fossilized'])} | {ci(m['params_added'])} |"
-          for arm, m in ((a, online["arms"][a]) for a in ARM_ORDER)],
-        "",
-        "Paired differences (same episodes):",
-        "",
-        "| comparison | final accuracy (points) | seeds fossilized | parameters added |",
-        "|---|---|---|---|",
-        *[f"| {name} | {ci(d['final_accuracy'], signed=True)} | {ci(d['fossilized'], signed=True)} | "
-          f"{ci(d['params_added'], signed=True)} |" for name, d in online["differences"].items()],
-        "",
-        f"![final accuracy per policy]({plots['online']}) ![paired differences]({plots['differences']})",
-        "",
-        "### Per hidden cause (final accuracy, %)",
-        "",
-        "| cause | n | " + " | ".join(ARM_ORDER) + " | candidate - baseline |",
-        "|---|---|" + "---|" * (len(ARM_ORDER) + 1),
-        *[f"| {cause} | {row['baseline']['n']} | " + " | ".join(ci(row[a]) for a in ARM_ORDER)
-          + f" | {ci(row['candidate - baseline'], signed=True)} |" for cause, row in online["per_cause"].items()],
-        "",
-        f"![final accuracy per cause]({plots['per_cause']})",
-        "",
-        *_offline(offline, arms),
-        f"![offline scores]({plots['offline']})",
-        "",
-        "## Method",
-        "",
-        f"Intervals: {results['bootstrap']['method']} (resamples {results['bootstrap']['resamples']}, seed "
-        f"{results['bootstrap']['seed']}). Every per-episode value behind every number here is in results.json.",
-        "",
+        "", f"Generated {results['created']} by `esper compare`{' (pilot)' if s.get('pilot') else ''}.",
+        "", "## Verdict", "", summary["verdict"], "",
+        *_setup(summary, results),
+        "## Primary (pre-registered)", "",
+        f"{summary['primary_measure']}: {ci(summary['primary'], signed=True)}. Method: {summary['method']}.", "",
+        "| replicate | " + " | ".join(str(i) for i in range(summary["replicates"])) + " |",
+        "|---|" + "---|" * summary["replicates"],
+        "| candidate - baseline | " + " | ".join(f"{v:+.2f}" for v in summary["primary_per_replicate"]) + " |",
+        "", "![per-replicate primary difference](plots/primary.png)", "",
+        "## Secondary", "",
+        "Cause-weighted mean primary score per arm (learned arms: over replicates; references play the same "
+        "episodes in every replicate):", "",
+        "| arm | score |", "|---|---|",
+        *[f"| {arm} | {ci(summary['arms'][arm])} |" for arm in (*ARMS, *REFERENCES)],
+        "", "| difference | mean [95% t-interval] |", "|---|---|",
+        *[f"| {name} | {ci(node, signed=True)} |" for name, node in summary["secondary"].items()],
+        "", *_per_cause(summary), *_power(summary), *_offline(summary), "",
     ]
     return "\n".join(lines)
 
 
-def _setup(results: dict[str, Any]) -> list[str]:
-    s, pack, arms = results["settings"], results["pack"], results["arms"]
-    t = s["train"]
+def _setup(summary: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    s, t, reps = results["settings"], results["settings"]["train"], results["replicates"]
+    ev = results["evaluation_set"]
     return [
-        "## Setup",
-        "",
-        f"- pack: `{pack['path']}` ({pack['profile']} profile, {pack['episodes']} episodes "
-        f"{pack['episodes_per_split']}, {pack['steps']} steps), dataset {pack['generation']['dataset']}, "
-        f"{pack['generation']['epochs']} epochs per episode",
-        f"- target: `{s['target']}`; {s['seeds']} seed{'s' if s['seeds'] != 1 else ''} per arm; "
-        f"MLP {t['layers']}x{t['hidden']}, AdamW lr {t['lr']}, "
-        f"up to {t['max_epochs']} epochs, patience {t['patience']}, class-weighted loss",
-        f"- baseline: `{arms['baseline']['features']}` ({arms['baseline']['n_features']} features); candidate: "
-        f"`{arms['candidate']['features']}` ({arms['candidate']['n_features']} features)",
-        f"- online: {s['online_episodes']} fresh episodes per policy, greedy heuristic and never-germinate as "
-        "references",
-        "",
+        "## Setup", "",
+        f"- {summary['replicates']} replicates; replicate r trains on its own pack (run seed {s['seed']} + r, "
+        f"{s['episodes']} episodes, {s['candidate']} profile, dataset {s['dataset']}, {s['epochs']} epochs, "
+        f"counterfactual fraction {s['counterfactual_fraction']})",
+        f"- arms: baseline `{s['baseline']}` ({reps[0]['features']['baseline']} features), candidate "
+        f"`{s['candidate']}` ({reps[0]['features']['candidate']}), ablation `{s['ablation']}` "
+        f"({reps[0]['features']['ablation']}); target `{s['target']}`, {s['seeds']} model(s) per arm, "
+        f"{t['model']} {t['layers']}x{t['hidden']}, up to {t['max_epochs']} epochs, patience {t['patience']}",
+        f"- evaluation: {len(ev['episodes'])} shared episodes, {ev['per_cause']} per cause, seed namespace "
+        f"{ev['seed']} (disjoint from every pack); score = each episode's primary score", "",
     ]
 
 
-def _offline(offline: dict[str, Any], arms: dict[str, Any]) -> list[str]:
-    agreement, regret, probe = offline["oracle_agreement"], offline["regret"], offline["cause_probe"]
-    rows = [(arm, agreement[arm], regret[arm], probe[arm], probe["balanced_accuracy"][arm]) for arm in
-            ("baseline", "candidate")]
-    diff = ("candidate - baseline", agreement["candidate - baseline"], regret["candidate - baseline"],
-            probe["candidate - baseline"], None)
-    out = [
-        "## Offline: held-out test episodes",
-        "",
-        f"{offline['test_steps_with_oracle_label']} test steps carry a counterfactual label. Oracle agreement: "
-        "share of those steps where the policy picks the best rollout's action; regret: rollout accuracy of "
-        "the best action minus the policy's choice (points, lower is better); cause probe: share of test "
-        "steps whose hidden scenario a logistic regression on the arm's features names correctly "
-        f"({len(probe['classes'])} causes).",
-        "",
-        "| arm | oracle agreement (%) | regret (points) | cause probe (%) | probe balanced accuracy (%) |",
-        "|---|---|---|---|---|",
-    ]
-    for arm, a, r, p, b in rows:
-        out.append(f"| {_label(arm, arms)} | {ci(a, 100)} | {ci(r)} | {ci(p, 100)} | {100 * b:.2f} |")
-    name, a, r, p, _ = diff
-    out += [f"| {name} | {ci(a, 100, True)} | {ci(r, signed=True)} | {ci(p, 100, True)} | |", "",
-            "Each model on its own training target (balanced accuracy, %):", "",
-            "| model | val | test |", "|---|---|---|"]
-    for model, scores in offline["models"].items():
-        ev = scores["evaluation"] or {}
-        out.append(f"| {model} | {_pct(ev.get('val'))} | {_pct(ev.get('test'))} |")
-    return [*out, ""]
+def _per_cause(summary: dict[str, Any]) -> list[str]:
+    names = (*ARMS, *REFERENCES, "candidate - baseline")
+    return ["### Per cause (mean primary score over episodes of the cause, interval over replicates)", "",
+            "| cause | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+            *[f"| {cause} | " + " | ".join(ci(row[n], signed=n.endswith("baseline") and " - " in n) for n in names)
+              + " |" for cause, row in summary["per_cause"].items()], ""]
 
 
-def _pct(report: dict[str, Any] | None) -> str:
-    value = None if report is None else report.get("balanced_accuracy")
-    return "n/a" if value is None else f"{100 * value:.2f}"
+def _power(summary: dict[str, Any]) -> list[str]:
+    p, m = summary["power"], summary["mixed_model"]
+    lines = ["### Power", "",
+             f"Between-replicate sd of the primary difference: {_points(p['between_replicate_sd'])}. Replicates "
+             f"for 80% power: {_count(p['replicates_for_1_point'])} at 1 point, "
+             f"{_count(p['replicates_for_half_ceiling'])} at half the ceiling (expert - baseline = "
+             f"{p['ceiling']:.2f}); minimum detectable effect at R = {summary['replicates']}: "
+             f"{_points(p['minimum_detectable_effect'])}.", ""]
+    if m is not None:
+        lines += [f"Mixed model (replicate as a random intercept, method of moments): between-replicate variance "
+                  f"{m['between_replicates']:.2f}, within {m['within_replicates']:.2f}, ICC {m['icc']:.2f}.", ""]
+    return lines
 
 
-def _label(arm: str, arms: dict[str, Any]) -> str:
-    return f"{arm} ({arms[arm]['features']})" if arm in arms else arm
+def _offline(summary: dict[str, Any]) -> list[str]:
+    measures = sorted({m for arm in ARMS for m in summary["offline"][arm]})
+    return ["### Offline, on each replicate's test episodes (share or points; interval over replicates)", "",
+            "| arm | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures),
+            *[f"| {arm} | " + " | ".join(ci(summary["offline"][arm][m]) if m in summary["offline"][arm] else "n/a"
+                                        for m in measures) + " |" for arm in ARMS]]
 
 
-# ---- plots ---------------------------------------------------------------------------------------
-
-def _plots(results: dict[str, Any], folder: Path) -> dict[str, str]:
+def _plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = {}
-    for name, draw in (("online", _online_plot), ("differences", _differences_plot), ("per_cause", _cause_plot),
-                       ("offline", _offline_plot)):
-        figure = draw(plt, results)
-        figure.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
-        plt.close(figure)
-        paths[name] = f"plots/{name}.png"
-    return paths
-
-
-def _online_plot(plt: Any, results: dict[str, Any]) -> Any:
-    import numpy as np
-
-    arms = results["online"]["arms"]
-    figure, ax = plt.subplots(figsize=(7, 4))
-    values = [list(arms[a]["final_accuracy"]["by_episode"].values()) for a in ARM_ORDER]
-    ax.boxplot(values, tick_labels=list(ARM_ORDER), showfliers=False)
-    jitter = np.random.default_rng(0)
-    for i, (arm, v) in enumerate(zip(ARM_ORDER, values, strict=True), start=1):
-        ax.scatter(i + jitter.uniform(-0.15, 0.15, len(v)), v, s=10, alpha=0.6, color=COLOURS[arm])
-    ax.set_ylabel("final host accuracy (%)")
-    ax.set_title("Final accuracy per policy on the same fresh episodes")
-    return figure
-
-
-def _differences_plot(plt: Any, results: dict[str, Any]) -> Any:
-    """Paired differences in final accuracy: each episode's value, the mean and its interval."""
-    differences = results["online"]["differences"]
-    names = list(differences)[::-1]
-    figure, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.2))
-    for i, name in enumerate(names):
-        s = differences[name]["final_accuracy"]
-        ax.scatter(list(s["by_episode"].values()), [i] * s["n"], s=8, alpha=0.3, color="#8C8C8C")
-        if s["low"] is not None:
-            ax.errorbar(s["mean"], i, xerr=[[s["mean"] - s["low"]], [s["high"] - s["mean"]]], fmt="o",
-                        color="#C44E52", capsize=4)
+    values = summary["primary_per_replicate"]
+    figure, ax = plt.subplots(figsize=(7, 3))
+    ax.scatter(values, range(len(values)), color="#4C72B0", label="replicate")
+    p = summary["primary"]
+    if p["ci95"] is not None:
+        ax.errorbar(p["mean"], -1, xerr=[[p["mean"] - p["ci95"][0]], [p["ci95"][1] - p["mean"]]], fmt="o",
+                    color="#C44E52", capsize=4, label="pooled, 95% t-interval")
     ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("difference in final accuracy (points), per episode; mean and 95% CI in red")
-    ax.set_title("Paired differences on the same fresh episodes")
-    return figure
-
-
-def _cause_plot(plt: Any, results: dict[str, Any]) -> Any:
-    per_cause = results["online"]["per_cause"]
-    causes = list(per_cause)
-    figure, ax = plt.subplots(figsize=(max(6, 1.6 * len(causes)), 4))
-    width = 0.8 / len(ARM_ORDER)
-    for j, arm in enumerate(ARM_ORDER):
-        means = [per_cause[c][arm]["mean"] for c in causes]
-        errors = [[m - (per_cause[c][arm]["low"] if per_cause[c][arm]["low"] is not None else m) for c, m in
-                   zip(causes, means, strict=True)],
-                  [(per_cause[c][arm]["high"] if per_cause[c][arm]["high"] is not None else m) - m for c, m in
-                   zip(causes, means, strict=True)]]
-        ax.bar([i + j * width for i in range(len(causes))], means, width, yerr=errors, capsize=2,
-               label=arm, color=COLOURS[arm])
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(causes))], causes, rotation=20, ha="right")
-    ax.set_ylabel("final host accuracy (%)")
-    ax.set_title("Final accuracy per hidden cause (95% bootstrap CI)")
-    ax.legend(fontsize=8)
-    return figure
-
-
-def _offline_plot(plt: Any, results: dict[str, Any]) -> Any:
-    offline = results["offline"]
-    panels = (("oracle agreement (%)", offline["oracle_agreement"], 100),
-              ("regret (points)", offline["regret"], 1), ("cause probe (%)", offline["cause_probe"], 100))
-    figure, axes = plt.subplots(1, len(panels), figsize=(10, 3.5))
-    for ax, (title, scores, scale) in zip(axes, panels, strict=True):
-        for i, arm in enumerate(("baseline", "candidate")):
-            s = scores[arm]
-            if s["mean"] is None:
-                continue
-            low = s["low"] if s["low"] is not None else s["mean"]
-            high = s["high"] if s["high"] is not None else s["mean"]
-            ax.bar(i, scale * s["mean"], yerr=[[scale * (s["mean"] - low)], [scale * (high - s["mean"])]],
-                   capsize=4, color=COLOURS[arm])
-        ax.set_xticks([0, 1], ["baseline", "candidate"])
-        ax.set_title(title, fontsize=10)
-    figure.suptitle("Offline scores on held-out episodes (95% bootstrap CI)")
-    return figure
+    ax.set_yticks([-1, *range(len(values))], ["pooled", *[f"r{i}" for i in range(len(values))]])
+    ax.set_xlabel("candidate - baseline, cause-weighted primary score (points)")
+    ax.legend(loc="best", fontsize=8)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)

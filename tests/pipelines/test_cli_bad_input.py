@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO
 from support.packs import make_episodes, write_pack
 
 from pipelines.cli import main
+from pipelines.experiment.compare import CompareSpec
 
 Setup = Callable[[Path], None]
 GEN = ["generate", "--out", "{tmp}/out", "--dataset", "synthetic", "--epochs", "3", "--quiet"]
@@ -109,19 +109,6 @@ def link(name: str, target: str) -> Setup:
     return setup
 
 
-def replicates(change: Callable[[dict[str, Any], dict[str, Any]], Any] | None = None) -> Setup:
-    """Two recorded comparison reports as {tmp}/a and {tmp}/b (seeds 0 and 1), `change` editing (a, b)."""
-    def setup(tmp: Path) -> None:
-        docs = sorted((REPO / "docs" / "experiments").glob("compare-*-seed*"))
-        data = [json.loads((d / "results.json").read_text()) for d in docs[:2]]
-        if change:
-            change(*data)
-        for name, results in zip("ab", data, strict=True):
-            (tmp / name).mkdir()
-            (tmp / name / "results.json").write_text(json.dumps(results))
-    return setup
-
-
 def swap_in_a_minimal_file(tmp: Path) -> None:
     """The diagnostic pack's first steps file replaced by a minimal pack's, its manifest entry updated
     to match (size, sha256, rows): only a check of the file's columns can tell."""
@@ -142,7 +129,7 @@ def unlink(name: str) -> Setup:
     return setup
 
 
-COMPARE = ["compare", "--seeds", "1", "--online-episodes", "1", "--dataset", "synthetic", "--epochs", "3"]
+COMPARE = ["compare", "--replicates", "2", "--eval-per-cause", "1", "--epochs", "3"]
 DEEP_POLICY = '{"format": "esper-policy/1", "meta": ' + deep(100) + "}"
 BOMB = "".join(f"{k}: &{k} [" + ",".join([f"*{p}" if p else "x"] * 10) + "]\n"
                for k, p in zip("abcdef", ["", *"abcde"], strict=True))
@@ -182,16 +169,6 @@ RELIABILITY_CASES: list[Case] = [
          link("out", "{tmp}/nowhere")),
     Case("generate-broken-current", [*GEN[:2], "{linked}", *GEN[3:], "--episodes", "4"],
          "current: missing; the last complete commit is .versions/", unlink("linked/current")),
-    Case("pool-deeply-nested-json", ["pool", "{tmp}/a", "{tmp}/b"], "a/results.json: JSON nested deeper than",
-         both(replicates(), write("a/results.json", deep(100_000)))),
-    Case("pool-no-differences", ["pool", "{tmp}/a", "{tmp}/b"], "a/results.json: no 'online.differences'",
-         replicates(lambda a, b: a["online"].pop("differences"))),
-    Case("pool-no-settings", ["pool", "{tmp}/a", "{tmp}/b"], "b/results.json: 'settings' is missing",
-         replicates(lambda a, b: b.pop("settings"))),
-    Case("pool-empty-values", ["pool", "{tmp}/a", "{tmp}/b"], "offline.regret.candidate - baseline.by_episode is",
-         replicates(lambda a, b: a["offline"]["regret"]["candidate - baseline"].update(by_episode={}))),
-    Case("pool-same-data-twice", ["pool", "{tmp}/a", "{tmp}/b"], "hold identical per-episode values",
-         replicates(lambda a, b: b.update(online=a["online"], offline=a["offline"]))),
     Case("train-hidden-huge", [*TRAIN, "--features", "all", "--hidden", "100000000"],
          "--hidden 100000000 with --layers 2 makes a network of at least"),
     Case("train-layers-huge", [*TRAIN, "--features", "all", "--layers", "100000"], "--layers must be at most 64"),
@@ -237,15 +214,18 @@ RELIABILITY_CASES: list[Case] = [
          "--episodes 15 puts no episode in the test split(s)"),
     Case("control-check-seed-negative", ["control-check", "--episodes", "1", "--epochs", "2", "--seed", "-5",
                                          "--dataset", "synthetic"], "--seed must be >= 0, got -5"),
-    Case("compare-pack-seed-conflict", ["compare", "--seeds", "1", "--pack", "{generated}", "--seed", "1",
-                                        "--target", "heuristic", "--out", "{tmp}/out"],
-         "--seed 1 conflicts with --pack"),
-    Case("compare-pack-epochs-conflict", ["compare", "--seeds", "1", "--pack", "{generated}", "--epochs", "25",
-                                          "--target", "heuristic", "--out", "{tmp}/out"],
-         "--epochs 25 conflicts with --pack"),
-    Case("compare-pack-episodes-conflict", ["compare", "--seeds", "1", "--pack", "{generated}", "--episodes", "9",
-                                            "--target", "heuristic", "--out", "{tmp}/out"],
-         "--episodes 9 conflicts with --pack"),
+    Case("compare-one-replicate", [*COMPARE, "--replicates", "1", "--episodes", "16", "--out", "{tmp}/out"],
+         "--replicates must be >= 2 (the interval is a t-interval over replicates), got 1"),
+    Case("compare-no-test-split", [*COMPARE, "--dataset", "synthetic", "--episodes", "16", "--out", "{tmp}/out"],
+         "--dataset synthetic has no held-out test split"),
+    Case("compare-oracle-without-labels", [*COMPARE, "--target", "oracle", "--episodes", "16", "--out", "{tmp}/out"],
+         "--target oracle learns from counterfactual labels; expected --counterfactual > 0"),
+    Case("compare-other-design", [*COMPARE, "--episodes", "16", "--out", "{tmp}/out"],
+         "holds a comparison with episodes=99, this run has 16",
+         write("out/.esper-compare", json.dumps(CompareSpec(replicates=2, eval_per_cause=1, epochs=3,
+                                                           episodes=99).design()))),
+    Case("compare-earlier-version", [*COMPARE, "--episodes", "16", "--out", "{tmp}/out"],
+         "written by an earlier version of `esper compare`", write("out/.esper-compare", "esper-compare\n")),
 ]
 
 # ---- the table -----------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ fuzzed too (as cheap ones, unless listed in HEAVY). Sizes: tests/support/fuzzing
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -25,7 +24,6 @@ import pyarrow.compute as pc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import REPO
 from support.fuzzing import (
     changed,
     check_outcome,
@@ -74,23 +72,22 @@ ANCHORS: dict[str, list[str]] = {
                  "--hindsight-epochs", "1", "--quiet"],
     "train": ["--features", "minimal", "--target", "heuristic", "--max-epochs", "2", "--patience", "1",
               "--hidden", "8", "--layers", "1"],
-    "compare": ["--seeds", "1", "--online-episodes", "1", "--dataset", "synthetic", "--epochs", "2",
-                "--counterfactual-epochs", "1", "--max-epochs", "2", "--patience", "1", "--hidden", "8", "--quiet",
-                "--target", "heuristic"],
+    "compare": ["--replicates", "2", "--eval-per-cause", "1", "--episodes", "1", "--epochs", "2", "--max-epochs", "2",
+                "--patience", "1", "--hidden", "8", "--quiet"],
     "control-check": ["--episodes", "1", "--epochs", "2", "--dataset", "synthetic", "--strategies", "never",
                       "--scenarios", "healthy", "--workers", "1"],
 }
 # Positional arguments that work; half the examples draw hostile ones instead.
 POSITIONAL = {"train": ["pack"], "profiles show": ["standard"], "inspect": ["pack"],
-              "query": ["pack", "SELECT count(*) FROM steps"], "validate": ["pack"], "pool": ["reports/a", "reports/b"]}
+              "query": ["pack", "SELECT count(*) FROM steps"], "validate": ["pack"]}
 # How much work a command does: only refused or small values are drawn, in the long run too (a huge valid
 # one is a request to do that much work, which would exhaust the machine, not a finding).
 WORK = {"episodes", "epochs", "workers", "counterfactual_epochs", "hindsight_epochs", "max_epochs", "patience",
-        "seeds", "online_episodes", "hidden", "layers", "germinate_at", "train_epochs", "batch_size"}
+        "seeds", "replicates", "eval_per_cause", "hidden", "layers", "germinate_at", "train_epochs", "batch_size"}
 REFUSED_HUGE = {"hidden": ["100000000", "99999999999999999999"], "layers": ["65", "100000"]}
 
 PATHS = ["pack", "earlier-layout", "generated", "no-current", "current-loop", "damaged", "empty-pack", "policy",
-         "reports/a", "reports/broken", "file.txt", "empty-dir", "full-dir", "dangling", "loop", "link-to-pack",
+         "reports/broken", "file.txt", "empty-dir", "full-dir", "dangling", "loop", "link-to-pack",
          "readonly-dir", "dönnées", "x" * 300, "file.txt/below", "missing/deeper", "", " ", ".", "a\nb", "\udcff",
          "config.yaml", "deep.yaml", "bomb.yaml", "dup.yaml", "query.sql", "bad.sql"]
 SQL = ["SELECT count(*) FROM steps", "SELECT * FROM episodes", "action_distribution", "query.sql", "bad.sql",
@@ -185,12 +182,8 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trained = run_esper(main, ["train", "pack", "--features", "minimal", "--target", "heuristic", "--max-epochs", "1",
                                "--hidden", "4", "--layers", "1", "--out", "policy"], root)
     assert trained.code == 0, trained
-    docs = sorted((REPO / "docs" / "experiments").glob("compare-*-seed*"))
-    for name, source in zip("ab", docs, strict=False):
-        (root / "reports" / name).mkdir(parents=True)
-        shutil.copy(source / "results.json", root / "reports" / name / "results.json")
-    (root / "reports" / "broken").mkdir()
-    (root / "reports" / "broken" / "results.json").write_text(json.dumps({"format": "esper-compare/1"}))
+    (root / "reports" / "broken").mkdir(parents=True)
+    (root / "reports" / "broken" / ".esper-compare").write_text("esper-compare\n")
     (root / "file.txt").write_text("precious\n")
     (root / "empty-dir").mkdir()
     (root / "full-dir").mkdir()
@@ -280,6 +273,6 @@ def test_any_arguments_to_a_command_that_runs_episodes_or_trains_keep_the_invari
 
 def test_every_subcommand_is_fuzzed() -> None:
     """The parsers are the source: a subcommand registered later is drawn for without a change here."""
-    assert {"generate", "train", "compare", "pool", "control-check", "inspect", "query", "validate",
+    assert {"generate", "train", "compare", "control-check", "inspect", "query", "validate",
             "profiles list", "profiles show"} <= set(COMMANDS)
     assert set(CHEAP) | HEAVY == set(COMMANDS)

@@ -9,8 +9,7 @@ import pytest
 
 from pipelines.cli import main
 
-RUN = ["compare", "--baseline", "minimal", "--candidate", "diagnostic", "--episodes", "17", "--seeds", "1",
-       "--dataset", "synthetic", "--epochs", "3", "--online-episodes", "1", "--quiet"]
+RUN = ["compare", "--replicates", "2", "--episodes", "17", "--epochs", "3", "--eval-per-cause", "1", "--quiet"]
 
 
 def test_an_engine_option_that_cannot_work_is_refused_before_anything_runs(tmp_path: Path,
@@ -29,4 +28,4 @@ def test_the_pack_is_generated_on_the_ray_cluster_named(tmp_path: Path, capsys: 
     assert main([*RUN, "--out", str(out), "--engine", "ray", "--address", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--address 127.0.0.1:1: no Ray cluster answers there" in err, err
-    assert not (out / "pack").exists()
+    assert not (out / "replicate-0" / "pack").exists()
