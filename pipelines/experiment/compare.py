@@ -36,12 +36,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.environment.host import HostCNN
-from pipelines.environment.morphogenetic_env import SLOT, EnvOptions
+from pipelines.environment.morphogenetic_env import SLOT
 from pipelines.experiment.bootstrap import RESAMPLES, SEED, bootstrap_ci
 from pipelines.experiment.report import claim_report_folder
 from pipelines.generation.engine import EngineOptions
 from pipelines.generation.episode import COUNTERFACTUAL_EPOCHS, GenerationSpec, episode_id
 from pipelines.generation.generate import check_spec, generate
+from pipelines.generation.roll_in import roll_in_spec
 from pipelines.policies.learned_policy import LearnedPolicy, prepare
 from pipelines.training.metrics import balanced_accuracy
 from pipelines.training.train import TARGETS, TrainError, TrainOptions, train_policy
@@ -347,12 +348,7 @@ def online_spec(pack: Pack, generation: dict[str, Any], policy: str, policy_sha2
     """Fresh episodes like the pack's: same config, dataset, epochs, scenario mix and environment
     options; the run seed is the pack's plus one, so no episode repeats one the policies trained on.
     Exploration and counterfactual branching are off: this measures the policy, nothing else."""
-    return GenerationSpec(
-        config=pack.manifest.telemetry_config, dataset=generation["dataset"], data_dir=generation.get("data_dir"),
-        rng_seed=int(generation["rng_seed"]) + 1, epochs=int(generation["epochs"]),
-        device=generation.get("device", "cpu"),
-        policy=policy, policy_sha256=policy_sha256, epsilon=0.0, counterfactual_fraction=0.0,
-        scenarios=tuple(generation["scenarios"]), options=EnvOptions(**generation["options"]))
+    return roll_in_spec(pack, policy, policy_sha256, int(generation["rng_seed"]) + 1)
 
 
 def _online(spec: CompareSpec, pack: Pack, generation: dict[str, Any], models: dict[str, list[LearnedPolicy]],

@@ -48,8 +48,8 @@ MAX_LAYERS = 64
 POLICY_FILE, WEIGHTS_FILE = "policy.json", "weights.pt"
 CLIP = 10.0
 # What a policy's outputs mean, by the target it was trained on: logits of the action to take
-# (heuristic, oracle), or each action's advantage over WAIT (advantage; WAIT's is 0 by definition).
-TARGETS = ("heuristic", "oracle", "advantage")
+# (heuristic, oracle, expert), or each action's advantage over WAIT (advantage; WAIT's is 0 by definition).
+TARGETS = ("heuristic", "oracle", "advantage", "expert")
 ADVANTAGE = "advantage"
 WAIT = "WAIT"
 
