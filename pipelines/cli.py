@@ -20,13 +20,17 @@ def _reference_host():
 
 
 def registrars() -> list[Registrar]:
+    import functools
+
     from pipelines.experiment import cli as experiment_cli
     from pipelines.generation import cli as generation_cli
+    from pipelines.generation.roll_in import roll_in
     from pipelines.training import cli as training_cli
 
     profiles = profiles_registrar(_reference_host, "the reference host (3x32x32 input, 10 classes)")
-    return [profiles, *library_registrars(), generation_cli.register, training_cli.register,
-            experiment_cli.register]
+    # `esper train --dagger` rolls in episodes, but training never imports generation: handed in here
+    train = functools.partial(training_cli.register, roll_in=roll_in)
+    return [profiles, *library_registrars(), generation_cli.register, train, experiment_cli.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,7 +48,7 @@ MAX_LAYERS = 64
 POLICY_FILE, WEIGHTS_FILE = "policy.json", "weights.pt"
 CLIP = 10.0
 # What a policy's outputs mean, by the target it was trained on: logits of the action to take
-# (heuristic, oracle), or each action's advantage over WAIT (advantage; WAIT's is 0 by definition).
+# (heuristic, oracle, expert), or each action's advantage over WAIT (advantage; WAIT's is 0 by definition).
 TARGETS = ("heuristic", "oracle", "advantage", "expert")
 ADVANTAGE = "advantage"
 WAIT = "WAIT"

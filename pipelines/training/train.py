@@ -130,11 +130,13 @@ class TrainResult:
     best_epoch: int
 
 
-def load_split(pack: Pack, names: Sequence[str], split: str, target: str, model: str = "mlp") -> SplitData:
+def load_split(pack: Pack, names: Sequence[str], split: str, target: str, model: str = "mlp",
+               normalize: bool | tuple[np.ndarray, np.ndarray] = True) -> SplitData:
     """A split's rows with their `target`: for the MLP the labelled rows alone, for the GRU every
-    episode in step order (unlabelled rows are history), padded."""
+    episode in step order (unlabelled rows are history), padded. Standardised with the pack's train
+    split statistics, or with a given (centre, scale) (another pack's, for DAgger's roll-ins)."""
     labels = "best_action" if target == "advantage" else TARGETS[target]
-    data = pack.tensors(list(names), split=split, normalize=True, labels=labels)
+    data = pack.tensors(list(names), split=split, normalize=normalize, labels=labels)
     side = pack.steps(split=split, columns=["episode_id", "step", labels, "counterfactual"])
     actions = list(pack.manifest.actions)
     stored = torch.tensor([NO_ACTION if a is None else actions.index(a) for a in side.column(labels).to_pylist()],
@@ -166,6 +168,25 @@ def load_split(pack: Pack, names: Sequence[str], split: str, target: str, model:
                      *(None if t is None else padded(t, episodes, 0) for t in (out.advantages, out.has)))
 
 
+def joined(parts: Sequence[SplitData]) -> SplitData:
+    """Several packs' data of one split as one: rows (MLP), or episodes (GRU) padded to the longest."""
+    if len(parts) == 1:
+        return parts[0]
+    longest = max(p.features.shape[1] for p in parts) if parts[0].features.dim() == 3 else None
+
+    def cat(name: str, fill: float | bool | int) -> torch.Tensor | None:
+        tensors = [getattr(p, name) for p in parts]
+        if tensors[0] is None:
+            return None
+        if longest is not None:
+            tensors = [torch.cat([t, torch.full((t.shape[0], longest - t.shape[1], *t.shape[2:]), fill,
+                                                dtype=t.dtype)], dim=1) for t in tensors]
+        return torch.cat(tensors)
+
+    return SplitData(*(cat(name, fill) for name, fill in (("features", 0.0), ("mask", True), ("labels", NO_ACTION),
+                                                          ("labelled", False), ("advantages", 0), ("has", False))))
+
+
 def class_weights(targets: torch.Tensor, classes: int) -> torch.Tensor:
     """n / (present classes * n_c): each action present in the train split weighs the same in total."""
     counts = torch.bincount(targets, minlength=classes).double()
@@ -175,7 +196,10 @@ def class_weights(targets: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def train_policy(pack: Pack, features: str | Sequence[str], target: str, rng_seed: int = 0,
-                 options: TrainOptions | None = None) -> TrainResult:
+                 options: TrainOptions | None = None, extra: Sequence[Pack] = ()) -> TrainResult:
+    """A fresh network trained on `pack`'s splits. `extra` packs (DAgger's roll-ins) add their rows
+    to each split as they assigned them, standardised with `pack`'s train-split statistics, which
+    the saved policy keeps: every row is standardised as the policy will standardise live rows."""
     options = options or TrainOptions()
     options.check()
     if target not in TARGETS:
@@ -184,10 +208,12 @@ def train_policy(pack: Pack, features: str | Sequence[str], target: str, rng_see
     options.check(len(names), len(pack.manifest.actions))
     for split in SPLITS:  # every split must hold episodes before any data is read
         _check_split_exists(pack, split)
-    if TARGETS[target] not in pack.schema("steps").names:
-        raise TrainError(f"{pack.path}: the steps table has no {TARGETS[target]!r} column, which --target {target} "
-                         "learns from (the pack was written before it was recorded); generate the pack again")
-    data = {split: _checked_split(pack, names, split, target, options.model) for split in SPLITS}
+    for each in (pack, *extra):
+        _check_joinable(pack, each, names, target)
+    centre, scale = pack.normalization(names, True)
+    assert centre is not None and scale is not None
+    data = {split: _checked_split([pack, *extra], names, split, target, options.model, (centre, scale))
+            for split in SPLITS}
     actions = list(pack.manifest.actions)
     if target == "advantage" and "WAIT" not in actions:
         raise TrainError(f"{pack.path}: --target advantage measures actions against WAIT; the pack's actions "
@@ -199,8 +225,6 @@ def train_policy(pack: Pack, features: str | Sequence[str], target: str, rng_see
         torch.manual_seed(rng_seed)
         net = build_network(options.model, len(names), len(actions), options.hidden, options.layers)
         epochs_run, best_epoch = _fit(net, data, Loss(weights, wait), options, rng_seed)
-    centre, scale = pack.normalization(names, True)
-    assert centre is not None and scale is not None
     policy = LearnedPolicy(net=net, feature_names=names, centre=centre.astype(np.float64),
                            scale=scale.astype(np.float64), actions=actions, meta={"target": target})
     evaluation = {split: evaluate(policy, data[split], actions) for split in ("val", "test")}
@@ -219,8 +243,24 @@ def _check_split_exists(pack: Pack, split: str) -> None:
                          f"by a hash of their id, {pack.manifest.splits}); generate more episodes")
 
 
-def _checked_split(pack: Pack, names: Sequence[str], split: str, target: str, model: str) -> SplitData:
-    data = load_split(pack, names, split, target, model)
+def _check_joinable(pack: Pack, each: Pack, names: Sequence[str], target: str) -> None:
+    """`each` holds the target's column, `pack`'s features and its actions (so rows mean the same)."""
+    if TARGETS[target] not in each.schema("steps").names:
+        raise TrainError(f"{each.path}: the steps table has no {TARGETS[target]!r} column, which --target {target} "
+                         "learns from (the pack was written before it was recorded); generate the pack again")
+    if each is pack:
+        return
+    missing = [n for n in names if n not in set(each.manifest.feature_schema.index)]
+    if missing or list(each.manifest.actions) != list(pack.manifest.actions):
+        what = f"lacks the feature {missing[0]!r}" if missing else f"has actions {list(each.manifest.actions)}"
+        raise TrainError(f"{each.path}: {what}; its rows cannot join those of {pack.path}")
+
+
+def _checked_split(packs: Sequence[Pack], names: Sequence[str], split: str, target: str, model: str,
+                   normalize: tuple[np.ndarray, np.ndarray]) -> SplitData:
+    pack = packs[0]
+    data = joined([load_split(p, names, split, target, model, normalize) for p in packs
+                   if p is pack or p.manifest.files_of("steps", [split])])
     if data.rows == 0:
         why = (f" (only counterfactually branched steps carry {target} labels)"
                if target in ("oracle", "advantage") else "")

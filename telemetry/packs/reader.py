@@ -320,7 +320,8 @@ class Pack:
                         f"a group ({', '.join(groups)}) or a feature of this pack")
 
     def tensors(self, features: str | Sequence[str] = "all", split: str | Sequence[str] | None = None,
-                episodes: str | Iterable[str] | None = None, normalize: bool | str = False,
+                episodes: str | Iterable[str] | None = None,
+                normalize: bool | str | tuple[np.ndarray, np.ndarray] = False,
                 labels: str = "action") -> PackTensors:
         """Features as one float32 matrix, with action labels and valid-action masks.
 
@@ -332,8 +333,10 @@ class Pack:
         Nulls become 0.0. With `normalize`, each feature is standardised with quick-stat mean and
         std (population, finite values) before nulls are filled, so a null lands on the mean:
         True uses the train split's stats (no leakage from validation data), a split name that
-        split's, "all" the whole pack's. NaN and Inf values pass through unchanged. Integer
-        features become float32 (exact up to 2**24, which covers epochs, stages and slot counts).
+        split's, "all" the whole pack's; a (centre, scale) pair, one value per feature, another
+        pack's (rows of several packs standardised alike). NaN and Inf values pass through
+        unchanged. Integer features become float32 (exact up to 2**24, which covers epochs,
+        stages and slot counts).
         """
         names = self.feature_names(features)
         centre, scale = self.normalization(names, normalize)
@@ -360,13 +363,15 @@ class Pack:
         return PackTensors(torch.from_numpy(out.features), torch.from_numpy(out.labels),
                            torch.from_numpy(out.masks), names)
 
-    def normalization(self, names: list[str],
-                      normalize: bool | str = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def normalization(self, names: list[str], normalize: bool | str | tuple[np.ndarray, np.ndarray] = True
+                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(centre, scale) per feature as `tensors(normalize=...)` applies them; (None, None) for False.
 
         A saved policy keeps these so it standardises live rows exactly as its training data was."""
         if normalize is False:
             return None, None
+        if isinstance(normalize, tuple):
+            return _given_normalization(names, normalize)
         if normalize is True or normalize == "train":
             if "train" not in self.manifest.split_stats:
                 raise PackError("normalize=True uses the train split's stats, "
@@ -384,6 +389,16 @@ class Pack:
         centre = np.array([m if m is not None else 0.0 for m in means], dtype=np.float32)
         scale = np.array([s if s else 1.0 for s in stds], dtype=np.float32)
         return centre, scale
+
+
+def _given_normalization(names: list[str], given: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    centre, scale = (np.asarray(v, dtype=np.float32) for v in given)
+    if centre.shape != (len(names),) or scale.shape != (len(names),):
+        raise PackError(f"normalize: a (centre, scale) pair of {centre.shape} and {scale.shape} values; expected "
+                        f"one per feature ({len(names)})")
+    if not (np.isfinite(centre).all() and np.isfinite(scale).all() and (scale > 0).all()):
+        raise PackError("normalize: centre and scale must be finite, and scale > 0")
+    return centre, scale
 
 
 def _sha256_of(path: Path, named: Path) -> str:

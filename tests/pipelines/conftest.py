@@ -94,3 +94,17 @@ def driven_advantage(policy_advantage: Path, tmp_path_factory: pytest.TempPathFa
 def driven_gru(policy_gru: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Episodes the GRU policy drove, one after another in one process (its state must start afresh)."""
     return _drive(policy_gru, tmp_path_factory.mktemp("driven-gru") / "pack")
+
+
+# ---- a pack for the expert's labels and DAgger: every cause, a behaviour policy that often errs ----
+EXPERT_SEED, EXPERT_EPISODES = 5, 16  # run seed 5's first 16 episodes draw every cause; 2 val, 1 test
+
+
+@pytest.fixture(scope="session")
+def expert_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Minimal profile, no rollouts; the heuristic explores half the time, so it plants wrong seeds."""
+    out = tmp_path_factory.mktemp("expert") / "pack"
+    _esper(["generate", "--profile", "minimal", "--dataset", "synthetic", "--epochs", "6", "--seed", str(EXPERT_SEED),
+            "--counterfactual", "0", "--epsilon", "0.5", "--episodes", str(EXPERT_EPISODES), "--workers", "1",
+            "--quiet", "--out", str(out)])
+    return out

@@ -205,3 +205,16 @@ def described_episodes(count: int = DESCRIBED_EPISODES, steps: int = 5) -> Episo
                 row["best_action"] = "GERMINATE_CONV"
                 row["counterfactual_epochs"] = 10
     return episodes
+
+
+def write_pack_without(path: Path, episodes: Episodes, column: str, profile: str = "diagnostic") -> None:
+    """`write_pack`, by a writer whose steps table lacks the decision column `column`: a pack as the
+    writer made it before that column existed."""
+    from unittest import mock
+
+    from telemetry.packs import tables
+
+    fields = tuple(f for f in tables.DECISION_FIELDS if f.name != column)
+    assert len(fields) == len(tables.DECISION_FIELDS) - 1, f"{column!r} is not a decision column"
+    with mock.patch.object(tables, "DECISION_FIELDS", fields):
+        write_pack(path, episodes, profile=profile)
