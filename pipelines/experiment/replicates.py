@@ -51,6 +51,8 @@ def power(effect: float, sd: float, replicates: int, alpha: float = 0.05) -> flo
     """Power of the two-sided one-sample t-test on `replicates` means whose sd is `sd`."""
     if replicates < 2:
         return 0.0
+    if sd <= 0:
+        return 1.0 if effect else 0.0
     df = replicates - 1
     critical = stats.t.ppf(1 - alpha / 2, df)
     shift = effect / (sd / math.sqrt(replicates))
@@ -72,7 +74,9 @@ def minimum_detectable_effect(sd: float, replicates: int, target: float = 0.8, a
     """The smallest effect R replicates detect with `target` power (bisection on `power`)."""
     if replicates < 2:
         return math.inf
-    low, high = 0.0, max(sd, 1e-12)
+    if sd <= 0:  # replicates that agree exactly: any effect shows (short runs where nothing happens)
+        return 0.0
+    low, high = 0.0, sd
     while power(high, sd, replicates, alpha) < target:
         high *= 2
     for _ in range(100):

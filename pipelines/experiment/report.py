@@ -87,6 +87,8 @@ def verdict(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         said = f"{settings['candidate']} features gave {'better' if low > 0 else 'worse'} policies"
     else:
         said = f"no detectable difference between {settings['candidate']} and {settings['baseline']} features"
+    if low == high:
+        said += " (every replicate gave the same value, so the interval has no width: run longer episodes)"
     best = summary["best_learned_minus_heuristic"]
     beat = (f"best learned arm ({summary['best_learned_arm']}) - heuristic {best['mean']:+.2f} "
             f"[{best['ci95'][0]:+.2f}, {best['ci95'][1]:+.2f}]")

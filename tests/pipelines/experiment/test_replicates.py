@@ -60,6 +60,13 @@ def test_the_minimum_detectable_effect_inverts_power():
     assert 1.77 < mde < 2.1
 
 
+def test_replicates_that_agree_exactly_detect_any_effect():
+    """Short runs where nothing happens give identical replicates (sd 0): no division by zero."""
+    assert minimum_detectable_effect(sd=0.0, replicates=3) == 0.0
+    assert power(0.5, 0.0, 3) == 1.0 and power(0.0, 0.0, 3) == 0.0
+    assert replicates_for_power(1.0, 0.0) == 2
+
+
 def test_variance_components_recover_what_was_simulated():
     rng = np.random.default_rng(1)
     between_sd, within_sd = 1.0, 3.0
