@@ -65,7 +65,7 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         "secondary": {name: {**pooled[name], "per_replicate": per_replicate[name]}
                       for name in per_replicate if name != primary},
         "per_cause": _per_cause(scores, cause),
-        "mixed_model": _mixed(scores, cause),
+        "mixed_model": _mixed(scores),
         "power": _power(per_replicate[primary], pooled["expert - baseline"]["mean"]),
         "offline": _offline(results),
     }
@@ -109,7 +109,7 @@ def _per_cause(scores: list[dict[str, dict[int, float]]], cause: dict[int, str])
     return out
 
 
-def _mixed(scores: list[dict[str, dict[int, float]]], cause: dict[int, str]) -> dict[str, Any] | None:
+def _mixed(scores: list[dict[str, dict[int, float]]]) -> dict[str, Any] | None:
     """Variance components of the per-episode primary difference, replicate as the random effect."""
     groups = {str(r): list(_paired(s["candidate"], s["baseline"]).values()) for r, s in enumerate(scores)}
     try:

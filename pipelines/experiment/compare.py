@@ -132,8 +132,7 @@ class CompareSpec:
 
     def design(self) -> dict[str, Any]:
         """What replicates of one comparison share: every setting but their number and the mode."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("replicates", "pilot", "workers", "engine")}
-        return out
+        return {k: v for k, v in asdict(self).items() if k not in ("replicates", "pilot", "workers", "engine")}
 
 
 Progress = Callable[[str], None]
@@ -216,8 +215,8 @@ def _model(spec: CompareSpec, pack: Pack, arm: str, seed: int, folder: Path) -> 
             result = train_policy(pack, selection, spec.target, rng_seed=seed, options=spec.train)
         except (TrainError, EsperError) as exc:
             raise CompareError(f"replicate pack {pack.path}: {exc}") from None
-        result.policy.save(directory)
-        policy = LearnedPolicy.load(directory)
+        policy = result.policy
+        policy.save(directory)  # records weights_sha256, which names the policy in the evaluation
     policy.name = directory.name
     return policy
 

@@ -23,25 +23,17 @@ engine (generation/engine.py), one episode x strategy per key.
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.environment.actions import Action
 from pipelines.environment.blueprints import BLUEPRINTS
-from pipelines.environment.datasets import Dataset, load_dataset
+from pipelines.environment.datasets import Dataset
 from pipelines.environment.morphogenetic_env import MorphogeneticEnv, episode_rng_seed
-from pipelines.environment.scenarios import REMEDIES, SCENARIOS, make_scenario
-from pipelines.generation.engine import Done, EngineOptions, Task, open_engine
-from pipelines.generation.episode_task import one_thread
-from pipelines.policies.experts import (
-    EXPERT_GERMINATE_FROM,
-    FixedBlueprintHeuristic,
-    expert_action,
-    schedule_action,
-)
+from pipelines.environment.scenarios import SCENARIOS, make_scenario
+from pipelines.experiment.playing import Choose, PlayTask, expert_chooser, never, play_out, policy_chooser
+from pipelines.generation.engine import Done, EngineOptions, open_engine
+from pipelines.policies.experts import FixedBlueprintHeuristic, schedule_action
 from pipelines.policies.heuristic import HeuristicTamiyo
 from telemetry import EsperError, load_config
 
@@ -73,20 +65,17 @@ def runs_of(episodes: int, strategies: set[str]) -> list[Run]:
     return [Run(e, s) for e in range(episodes) for s in STRATEGIES if s in strategies]
 
 
-def _chooser(spec: CheckSpec, run: Run, cause: str) -> Callable[[MorphogeneticEnv, dict[str, Any]], Action]:
+def _chooser(spec: CheckSpec, run: Run, cause: str) -> Choose:
     """The strategy as a function of (env, feature row) -> action."""
     if run.strategy == "never":
-        return lambda env, row: Action.WAIT
+        return never
     if run.strategy == "oracle":
-        return lambda env, row: expert_action(env, REMEDIES[cause], germinate_from=EXPERT_GERMINATE_FROM,
-                                              train_epochs=spec.train_epochs)
+        return expert_chooser(cause, spec.train_epochs)
     if run.strategy in BLUEPRINT_NAMES:
         return lambda env, row: schedule_action(env, run.strategy, spec.germinate_at, spec.train_epochs)
     rotation = (run.episode // len(SCENARIOS)) % len(BLUEPRINT_NAMES)
-    tamiyo = (HeuristicTamiyo(epsilon=0.0, blueprint_offset=rotation) if run.strategy == "heuristic"
-              else FixedBlueprintHeuristic(epsilon=0.0, blueprint=run.strategy.removeprefix("heur-")))
-    unused = random.Random(0)  # act() draws from it; with epsilon 0 the draw changes nothing
-    return lambda env, row: tamiyo.act(env.policy_view(row), list(env.valid_mask()), unused).action
+    return policy_chooser(HeuristicTamiyo(epsilon=0.0, blueprint_offset=rotation) if run.strategy == "heuristic"
+                          else FixedBlueprintHeuristic(epsilon=0.0, blueprint=run.strategy.removeprefix("heur-")))
 
 
 def play(spec: CheckSpec, run: Run, dataset: Dataset) -> dict[str, Any]:
@@ -95,41 +84,21 @@ def play(spec: CheckSpec, run: Run, dataset: Dataset) -> dict[str, Any]:
     scenario = make_scenario(cause, spec.rng_seed, run.episode)
     env = MorphogeneticEnv(dataset, scenario, load_config("minimal"),
                            rng_seed=episode_rng_seed(spec.rng_seed, run.episode), epochs=spec.epochs)
-    choose, actions = _chooser(spec, run, cause), []
     start = time.perf_counter()
-    try:
-        row, done = env.reset(), False
-        while not done:
-            action = choose(env, row)
-            if action != Action.WAIT:
-                actions.append(f"{env.epoch}:{action.name}")
-            row, _, done, _ = env.step(action)
-        score = env.primary_score()
-    finally:
-        env.close()
+    score, actions = play_out(env, _chooser(spec, run, cause))
     return {"episode": run.episode, "cause": cause, "strategy": run.strategy, **score.as_dict(),
             "val_accuracy": env.accuracy, "actions": actions, "seconds": time.perf_counter() - start}
 
 
-class ControlCheckTask(Task):
-    """Key i plays runs[i]; the data set is loaded once per worker."""
+class ControlCheckTask(PlayTask):
+    """Key i plays runs[i]."""
 
     def __init__(self, spec: CheckSpec, runs: list[Run]) -> None:
+        super().__init__(spec.dataset, spec.data_dir)
         self.spec, self.runs = spec, runs
-        self._dataset: Dataset | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_dataset": None}
-
-    def setup(self) -> None:
-        if self._dataset is None:
-            self._dataset = load_dataset(self.spec.dataset, self.spec.data_dir)
-
-    def __call__(self, key: int) -> dict[str, Any]:
-        self.setup()
-        assert self._dataset is not None
-        with one_thread():
-            return play(self.spec, self.runs[key], self._dataset)
+    def play(self, key: int, dataset: Dataset) -> dict[str, Any]:
+        return play(self.spec, self.runs[key], dataset)
 
 
 def run_check(spec: CheckSpec, runs: list[Run], workers: int,

@@ -17,23 +17,20 @@ comparison resumes without playing any episode twice.
 from __future__ import annotations
 
 import json
-import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.environment.actions import Action
-from pipelines.environment.datasets import Dataset, load_dataset
+from pipelines.environment.datasets import Dataset
 from pipelines.environment.morphogenetic_env import EnvOptions, MorphogeneticEnv
-from pipelines.environment.scenarios import REMEDIES, SCENARIOS, Scenario, scenario_from
-from pipelines.generation.engine import Done, EngineOptions, Task, open_engine
+from pipelines.environment.scenarios import SCENARIOS, Scenario, scenario_from
+from pipelines.experiment.playing import Choose, PlayTask, expert_chooser, never, play_out, policy_chooser
+from pipelines.generation.engine import Done, EngineOptions, open_engine
 from pipelines.generation.episode import load_policy
-from pipelines.generation.episode_task import one_thread
-from pipelines.policies.experts import EXPERT_GERMINATE_FROM, expert_action
 from pipelines.policies.heuristic import HeuristicTamiyo
 from telemetry import EsperError, TelemetryConfig
 
@@ -73,23 +70,15 @@ class Player:
     sha256: str | None = None
 
 
-Choose = Callable[[MorphogeneticEnv, dict[str, Any]], Action]
-
-
 def _chooser(player: Player, episode: EvalEpisode) -> Choose:
     if player.directory is not None:
-        policy = load_policy(player.directory, player.sha256).for_episode()  # a GRU's state starts empty
-        unused = random.Random(0)
-        return lambda env, row: policy.act(env.policy_view(row), list(env.valid_mask()), unused).action
+        return policy_chooser(load_policy(player.directory, player.sha256).for_episode())  # a GRU starts empty
     if player.name == "never":
-        return lambda env, row: Action.WAIT
+        return never
     if player.name == "expert":
-        remedy = REMEDIES[episode.cause]
-        return lambda env, row: expert_action(env, remedy, germinate_from=EXPERT_GERMINATE_FROM)
+        return expert_chooser(episode.cause)
     if player.name == "heuristic":
-        tamiyo = HeuristicTamiyo(epsilon=0.0, blueprint_offset=(episode.index // len(SCENARIOS)) % 4)
-        unused = random.Random(0)  # act() draws from it; with epsilon 0 the draw changes nothing
-        return lambda env, row: tamiyo.act(env.policy_view(row), list(env.valid_mask()), unused).action
+        return policy_chooser(HeuristicTamiyo(epsilon=0.0, blueprint_offset=(episode.index // len(SCENARIOS)) % 4))
     raise EsperError(f"unknown reference policy {player.name!r}; expected one of {', '.join(REFERENCES)}")
 
 
@@ -108,36 +97,21 @@ def play(setting: Setting, player: Player, episode: EvalEpisode, dataset: Datase
     """One evaluation episode under one player -> its primary score and what was done."""
     env = MorphogeneticEnv(dataset, episode.scenario, setting.config, rng_seed=episode.env_seed,
                            epochs=setting.epochs, options=setting.options)
-    choose, actions, start = _chooser(player, episode), [], time.perf_counter()
-    try:
-        row, done = env.reset(), False
-        while not done:
-            action = choose(env, row)
-            if action != Action.WAIT:
-                actions.append(f"{env.epoch}:{action.name}")
-            row, _, done, _ = env.step(action)
-        score = env.primary_score()
-    finally:
-        env.close()
+    start = time.perf_counter()
+    score, actions = play_out(env, _chooser(player, episode))
     return {"policy": player.name, "sha256": player.sha256, "episode": episode.index, "cause": episode.cause,
             **score.as_dict(), "actions": actions, "seconds": time.perf_counter() - start}
 
 
-class EvalTask(Task):
-    """Key i plays runs[i]; the data set is loaded once per worker."""
+class EvalTask(PlayTask):
+    """Key i plays runs[i]."""
 
     def __init__(self, setting: Setting, runs: list[tuple[Player, EvalEpisode]]) -> None:
+        super().__init__(setting.dataset, setting.data_dir)
         self.setting, self.runs = setting, runs
-        self._dataset: Dataset | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_dataset": None}
-
-    def __call__(self, key: int) -> dict[str, Any]:
-        if self._dataset is None:
-            self._dataset = load_dataset(self.setting.dataset, self.setting.data_dir)
-        with one_thread():
-            return play(self.setting, *self.runs[key], self._dataset)
+    def play(self, key: int, dataset: Dataset) -> dict[str, Any]:
+        return play(self.setting, *self.runs[key], dataset)
 
 
 def evaluate(setting: Setting, players: Iterable[Player], episodes: list[EvalEpisode], log: Path,
