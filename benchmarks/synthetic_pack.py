@@ -35,6 +35,7 @@ LAYERS = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "fc")
 FLAGS = ("sustained_plateau", "vanishing_gradients", "poor_gradient_health", "overfitting",
          "severe_class_imbalance", "sharp_minimum")
 OPPORTUNITIES = ("healthy_gradients", "stable_training", "early_stage_flexibility", "slot_available")
+STRATA = ("dormant", "training", "training", "blending", "ramp_complete", "dormant")  # by seed stage
 STAGE_NAMES = ("dormant", "germinated", "training", "blending", "fossilized", "culled")
 WHY_NOT = {WAIT: "the rules call for an intervention now", ADVANCE: "the seed has not earned the next stage yet",
            FOSSILIZE: "the seed has not yet shown a positive gain after a full ramp",
@@ -258,6 +259,7 @@ def _decisions(grid: Grid, s: dict[str, np.ndarray]) -> dict[str, Any]:
     later, horizon = _hindsight(grid, s)
     flat_action, flat_mask = _flat(grid, action), _flat(grid, mask)
     counterfactual, best, good_cf = _counterfactuals(grid.rng, flat_action, flat_mask, _flat(grid, later))
+    flat_greedy, flat_stage = _flat(grid, greedy), _flat(grid, s["stage"])
     good = np.where(action == WAIT, later >= s["val_acc"], later - s["val_acc"] > 0.5)
     flags, opportunities = _flag_codes(grid, s)
     reward_acc = np.diff(s["val_acc"], axis=1, append=s["val_acc"][:, -1:])
@@ -275,6 +277,10 @@ def _decisions(grid: Grid, s: dict[str, np.ndarray]) -> dict[str, Any]:
         "was_good_decision": np.where(_valid(good_cf), _values(good_cf, False), _flat(grid, good)),
         "counterfactual": counterfactual, "best_action": best,
         "counterfactual_epochs": (np.full(len(flat_action), 10), ~_valid(counterfactual)),  # rollout length
+        "best_actions": _singletons(best),
+        "counterfactual_stratum": pc.if_else(_valid(counterfactual),
+                                             pc.take(pa.array(STRATA), pa.array(flat_stage)), None),
+        "expert_action": pc.take(pa.array(ACTIONS), pa.array(flat_greedy)),  # the rules stand in for the expert
     }
 
 
@@ -310,14 +316,22 @@ def _counterfactuals(rng: np.random.Generator, action: np.ndarray, mask: np.ndar
     taken = accuracy[np.arange(len(action)), action]
     entries = mask & rolled[:, None]
     rows, cols = np.nonzero(entries)
+    cost = np.isin(cols, GERMINATE) * 0.05
     values = pa.StructArray.from_arrays(
-        [pc.take(pa.array(ACTIONS), pa.array(cols)), pa.array(accuracy[rows, cols], pa.float32())],
-        names=["action", "accuracy"])
+        [pc.take(pa.array(ACTIONS), pa.array(cols)), pa.array(accuracy[rows, cols] - cost, pa.float32()),
+         pa.array(accuracy[rows, cols], pa.float32()), pa.array(cost, pa.float32())],
+        names=["action", "value", "accuracy", "cost"])
     offsets = np.concatenate([[0], np.cumsum(entries.sum(axis=1))]).astype(np.int32)
     column = pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~rolled))
     best_action = pc.take(pa.array(ACTIONS), pa.array(best, mask=~rolled))
     good = pa.array(taken >= accuracy[np.arange(len(action)), best] - 0.5, mask=~rolled)
     return column, best_action, good
+
+
+def _singletons(best: pa.Array) -> pa.Array:
+    """best_actions: the one best action as a one-element list, null where best_action is."""
+    offsets = np.arange(len(best) + 1, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pc.fill_null(best, ""), mask=pa.array(~_valid(best)))
 
 
 def _valid(array: pa.Array) -> np.ndarray:
