@@ -72,7 +72,6 @@ MAX_SMALL_FILES = 32  # a commit leaving more small files than this compacts the
 PART_PREFIX = "part-"
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
 LANES = _WORKERS  # staged files a steps stream encodes into at once (staging.TableStream)
-ROUTING_POOL = pa.system_memory_pool()
 
 
 class PackWriter:
@@ -254,11 +253,13 @@ class PackWriter:
         step_codes = codes[pc.index_in(steps.column("episode_id"), value_set=episodes.column("episode_id"))
                            .to_numpy(zero_copy_only=False)] if steps.num_rows else codes[:0]
         for code in np.unique(codes):
-            self._stream("episodes", names[code]).append(_rows_where(episodes, codes, code))
+            selected = codes == code
+            self._stream("episodes", names[code]).append(episodes, None if selected.all() else selected)
         for start in range(0, steps.num_rows, ROW_GROUP_ROWS):  # slices: routing overlaps encoding
             chunk, chunk_codes = steps.slice(start, ROW_GROUP_ROWS), step_codes[start:start + ROW_GROUP_ROWS]
             for code in np.unique(chunk_codes):
-                self._stream("steps", names[code]).append(_rows_where(chunk, chunk_codes, code))
+                selected = chunk_codes == code  # one episode, or one split: all of them, and no copy
+                self._stream("steps", names[code]).append(chunk, None if selected.all() else selected)
         self._known_ids.update(ids)
         self._next_index += len(ids)
         return splits
@@ -310,6 +311,8 @@ class PackWriter:
         staged: list[StagedFile] = []
         split_stats = dict(self._manifest.split_stats)
         self._state = "failed"  # until every stream is finished: a half-written staged file is never retried
+        for stream in self._streams.values():  # every split's last row groups encode at once
+            stream.seal()
         for (_, split), stream in self._streams.items():
             files, stats = stream.finish()
             staged += files
@@ -418,11 +421,6 @@ class PackWriter:
         else:
             self.abort()
 
-
-
-def _rows_where(table: pa.Table, codes: np.ndarray, code: int) -> pa.Table:
-    selected = codes == code
-    return table if selected.all() else pc.filter(table, pa.array(selected), memory_pool=ROUTING_POOL)
 
 
 def _committed_episode_ids(root: Path, manifest: Manifest) -> set[str]:

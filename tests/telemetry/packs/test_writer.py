@@ -12,9 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support.packs import TESTS, assert_bit_equal, expected_steps, make_episodes, read_back, reference, write_pack
+from support.packs import (
+    TESTS,
+    assert_bit_equal,
+    expected_steps,
+    make_episodes,
+    read_back,
+    reference,
+    sort,
+    write_pack,
+)
 
 from telemetry.config import load_config
 from telemetry.errors import PackError
@@ -24,6 +35,8 @@ from telemetry.packs.card import GUARD_NAME
 from telemetry.packs.lock import LOCK_NAME
 from telemetry.packs.manifest import read_manifest
 from telemetry.packs.reader import open_pack
+from telemetry.packs.tables import episodes_schema
+from telemetry.packs.tables import steps_schema as _steps_schema
 from telemetry.packs.validate import validate_pack
 from telemetry.packs.writer import PackWriter
 
@@ -96,6 +109,34 @@ def test_rows_go_out_in_full_row_groups_and_files_roll_over(tmp_path, row_groups
                for i in range(pq.read_metadata(tmp_path / "p" / f.path).num_row_groups)] for f in files]
     assert groups == expected
     assert_bit_equal(read_back(tmp_path / "p"), expected_steps(episodes))
+
+
+def test_a_bulk_add_whose_splits_interleave_keeps_each_splits_rows_in_order(tmp_path, row_groups):
+    """Routing a bulk add: every split's files hold exactly its episodes' steps, in full row groups,
+    each row group a run of the rows in the order given; its quick stats match a float64 recomputation."""
+    row_groups(7, file_rows=21)  # 7 does not divide 5-step episodes: routed rows straddle row groups
+    episodes = make_episodes(0, 40, steps=5)
+    config, schema, _ = reference()
+    with PackWriter.create(tmp_path / "p", config, schema, splits={"train": 0.6, "val": 0.2, "test": 0.2}) as w:
+        table = pa.Table.from_pylist([e for e, _ in episodes], schema=episodes_schema())
+        splits = w.add_episodes(table, expected_steps(episodes))
+    assert len(set(splits)) == 3 and splits != sorted(splits)  # the splits really interleave
+    manifest = read_manifest(tmp_path / "p")
+    for split in ("train", "val", "test"):
+        mine = [ep for ep, s in zip(episodes, splits, strict=True) if s == split]
+        files = [tmp_path / "p" / f.path for f in manifest.files_of("steps", [split])]
+        groups = [pq.ParquetFile(f).read_row_group(i, columns=["episode_id", "step"]).to_pylist()
+                  for f in files for i in range(pq.read_metadata(f).num_row_groups)]
+        order = [(ep["episode_id"], step) for ep, rows in mine for step in range(len(rows))]
+        groups.sort(key=lambda g: order.index((g[0]["episode_id"], g[0]["step"])))
+        assert [(r["episode_id"], r["step"]) for g in groups for r in g] == order
+        assert all(len(g) == 7 for g in groups[:-1])
+        got = pa.concat_tables([pq.read_table(f, schema=_steps_schema(schema)) for f in files])
+        assert_bit_equal(sort(got), expected_steps(mine))
+        values = np.array([r["val_loss"] for _, rows in mine for r in rows], dtype=np.float64)
+        stats = manifest.split_stats[split].columns["val_loss"]
+        assert stats.count == len(values) and stats.mean == pytest.approx(values.mean(), rel=1e-6)
+        assert stats.std == pytest.approx(values.std(), rel=1e-5)
 
 
 def test_close_compacts_small_files_and_deletes_the_old_ones(tmp_path, row_groups):
