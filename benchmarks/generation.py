@@ -21,6 +21,7 @@ eph(W) / (W * eph(1)) is each engine's scaling efficiency.
     python benchmarks/generation.py --json      # one JSON object
     python benchmarks/generation.py --engine ray [--quick]   # Ray against the local pool, 1..all cores
     python benchmarks/generation.py --against b0de67c [--quick]  # time per episode against that commit
+    python benchmarks/generation.py --schedules [--episodes 12]  # each telemetry schedule over minimal, A/A
 
 Against a commit (`--against REV`): REV's tree is extracted with `git archive` into a temporary
 folder, and the same in-process timing (one thread, behaviour policy, no rollouts, each tree's own
@@ -230,6 +231,45 @@ def against(args: argparse.Namespace) -> dict[str, Any]:
             "this_over_baseline": round(statistics.median(ratios), 3)}
 
 
+SCHEDULES = {  # name: (profile, overrides); "minimal (A/A)" is minimal again, the noise floor of the ratios
+    "minimal (A/A)": ("minimal", ()),
+    "diagnostic": ("diagnostic", ()),
+    "diagnostic, sharpness 1 step in 4": ("diagnostic", ("loss_landscape.every_n_steps=4",)),
+    "diagnostic, gradients 1 batch in 4, sharpness 1 step in 4":
+        ("diagnostic", ("gradients.every_n_batches=4", "loss_landscape.every_n_steps=4")),
+    "diagnostic, gradients 1 batch in 12, sharpness 1 step in 8":
+        ("diagnostic", ("gradients.every_n_batches=12", "loss_landscape.every_n_steps=8")),
+    "research": ("research", ()),
+}
+
+
+def schedules(args: argparse.Namespace) -> dict[str, Any]:
+    """CPU time per episode of each schedule over minimal's: one thread, in this process, episode i of
+    every variant back to back in a rotating order (the same episode seeds and scenarios), the ratio
+    the median over episodes of the per-episode ratios. CPU time, because this 2-core machine is
+    shared: the load disturbs it far less than wall time."""
+    variants = {"minimal": ("minimal", ()), **SCHEDULES}
+    data = load_dataset(args.dataset)
+    specs = {n: GenerationSpec(load_config(p, overrides=list(o)), dataset=args.dataset, epochs=args.epochs,
+                               rng_seed=args.seed, counterfactual_fraction=0.0) for n, (p, o) in variants.items()}
+    seconds: dict[str, list[float]] = defaultdict(list)
+    names = list(variants)
+    with _one_thread():
+        for spec in specs.values():
+            run_episode(replace(spec, epochs=2), 0, data)  # warm-up: lazy imports and caches
+        for i in range(args.episodes):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                start = time.process_time()
+                run_episode(specs[name], i, data)
+                seconds[name].append(time.process_time() - start)
+    return {
+        "cpu_seconds_per_episode": {n: round(statistics.median(v), 3) for n, v in seconds.items()},
+        "over_minimal": {n: round(statistics.median(a / b for a, b in zip(seconds[n], seconds["minimal"],
+                                                                           strict=True)), 3) for n in SCHEDULES},
+        "overrides": {n: list(o) for n, (_, o) in SCHEDULES.items()},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="4 episodes of 10 epochs, 1 repetition")
@@ -245,7 +285,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="ray: compare the Ray engine with the local pool at 1..all cores instead")
     p.add_argument("--profile", default="diagnostic", help="profile of the engine comparison's episodes")
     p.add_argument("--against", metavar="REV", help="time per episode against this commit instead")
+    p.add_argument("--schedules", action="store_true",
+                   help="CPU time per episode of each telemetry schedule over minimal's instead, with an A/A control")
     args = p.parse_args(argv)
+    if args.schedules:
+        if args.quick:
+            args.episodes, args.epochs = 2, 10
+        result = schedules(args)
+        if args.json:
+            print(json.dumps(result))
+            return 0
+        print(f"{args.episodes} episodes x {args.epochs} epochs on {args.dataset}, one thread, CPU time, "
+              f"minimal {result['cpu_seconds_per_episode']['minimal']:.3f} s/episode (medians)")
+        for name, ratio in result["over_minimal"].items():
+            print(f"  {name:<60} {ratio:6.3f} x minimal  {' '.join(result['overrides'][name])}")
+        return 0
     if args.against:
         if args.quick:
             args.episodes, args.epochs, args.reps = 3, 10, 2

@@ -71,6 +71,9 @@ class LossLandscapeConfig(BaseModel):
     perturbation_scale: float = Field(default=0.01, gt=0, lt=1)
     # (samples + 1) forwards of this batch per step: 128 (one training batch) keeps diagnostic cheap
     probe_batch_size: int = Field(default=128, ge=1, le=65536)
+    # measure on every k-th decision step and repeat the last measurement between: on a host whose
+    # epoch is a few batches, the probe's forwards are a large share of the step (see BENCHMARKS.md)
+    every_n_steps: int = Field(default=1, ge=1, le=1000)
 
 
 class PerClassConfig(BaseModel):

@@ -65,6 +65,7 @@ class Layout:
     mark: torch.Tensor  # 0-d float32: the pool's mark for a column that holds no element
     numel: tuple[int, ...]  # gradient elements per layer in this pattern
     chunks: tuple[Chunk, ...]
+    fixed: torch.Tensor | None  # [layers, per_batch] long: every layer read whole, so nothing is drawn
 
 
 def build_layout(layer_params: list[list[int]], sizes: list[int], per_batch: int,
@@ -90,8 +91,9 @@ def build_layout(layer_params: list[list[int]], sizes: list[int], per_batch: int
                 base[row], span[row] = starts[row], size
     exact = torch.tensor([[0 < s <= per_batch] for s in numel])
     mark = torch.tensor(MARK)
+    fixed = base.long().to(device) if all(size <= per_batch for size in numel) else None
     return Layout(base.to(device), span.to(device), pad.to(device), exact.to(device), mark.to(device),
-                  tuple(numel), tuple(chunks))
+                  tuple(numel), tuple(chunks), fixed)
 
 
 def _pack(layer_params: list[list[int]], numel: list[int],
@@ -120,10 +122,14 @@ def draw(grads: list[torch.Tensor], layout: Layout, gen: torch.Generator, pad: t
 
     `grads` are the present gradients, indexed like the parameter indices of the layout; `pad` is a
     one-element zero tensor on their device. Kernels: a draw, a multiply-add, a cast, then a pack and
-    a take per chunk (one chunk below PACK_ELEMENTS).
+    a take per chunk (one chunk below PACK_ELEMENTS). A model whose every layer is read whole (no
+    larger than `per_batch`) draws nothing: only the pack and the take.
     """
-    u = torch.rand(layout.base.shape, generator=gen, device=layout.base.device, dtype=torch.float64)
-    index = torch.addcmul(layout.base, u, layout.span).long()
+    if layout.fixed is not None:
+        index = layout.fixed
+    else:
+        u = torch.rand(layout.base.shape, generator=gen, device=layout.base.device, dtype=torch.float64)
+        index = torch.addcmul(layout.base, u, layout.span).long()
     parts = []
     for chunk in layout.chunks:
         members = [grads[i] for i in chunk.params]

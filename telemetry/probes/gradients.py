@@ -89,7 +89,7 @@ class GradientProbe(Probe):
     # ---- declaration -------------------------------------------------------------------------
     def features(self) -> list[FeatureSpec]:
         s, cfg = self.spec, self.cfg
-        sched = f"; every {cfg.every_n_batches}th batch" if cfg.every_n_batches > 1 else ""
+        sched = f"; from one training batch in every {cfg.every_n_batches}" if cfg.every_n_batches > 1 else ""
         out = [
             s("grad_health", "share of tracked layers neither vanishing, exploding nor non-finite" + sched,
               "fraction"),

@@ -9,6 +9,8 @@ from a private generator so the training RNG stream is untouched.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,21 +26,28 @@ class LossLandscapeProbe(Probe):
         super().__init__(ctx)
         self.cfg = ctx.config.loss_landscape
         self.add_state("steps", 0, per_step=False)  # each step draws its own directions
+        self.add_state("last", torch.full((3,), math.nan, dtype=torch.float64), per_step=False)
 
     def features(self) -> list[FeatureSpec]:
-        s = self.spec
+        s, k = self.spec, self.cfg.every_n_steps
+        sched = (f"; measured once in every {k} decision steps (the first one included), the last "
+                 "measurement repeated between") if k > 1 else ""
         return [
-            s("probe_loss", "loss on the fixed probe batch, eval mode, unperturbed", "nats"),
-            s("sharpness_mean", "mean loss increase under filter-normalised random perturbations", "nats"),
-            s("sharpness_max", "largest loss increase under filter-normalised random perturbations", "nats"),
+            s("probe_loss", "loss on the fixed probe batch, eval mode, unperturbed" + sched, "nats"),
+            s("sharpness_mean", "mean loss increase under filter-normalised random perturbations" + sched, "nats"),
+            s("sharpness_max", "largest loss increase under filter-normalised random perturbations" + sched, "nats"),
         ]
 
     def payload(self, probe_batch: tuple[torch.Tensor, torch.Tensor] | None) -> list[torch.Tensor]:
         self.steps += 1
+        if (self.steps - 1) % self.cfg.every_n_steps:
+            return [self.last]
         if probe_batch is None:
-            return [torch.full((3,), float("nan"))]
-        return [sharpness(self.ctx.model, probe_batch, self.cfg.perturbation_samples,
-                          self.cfg.perturbation_scale, rng_seed=self.ctx.rng_seed * 1_000_003 + self.steps)]
+            self.last = torch.full((3,), math.nan, dtype=torch.float64)
+        else:
+            self.last = sharpness(self.ctx.model, probe_batch, self.cfg.perturbation_samples,
+                                  self.cfg.perturbation_scale, rng_seed=self.ctx.rng_seed * 1_000_003 + self.steps)
+        return [self.last]
 
     def finish(self, host: np.ndarray, info: StepInfo) -> dict[str, Value]:
         missing = bool(np.isnan(host).all())

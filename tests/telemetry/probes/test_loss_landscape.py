@@ -116,3 +116,39 @@ def test_sharpness_passes_never_reach_the_activation_statistics():
             rows.append(tracker.end_step())
     acts = [k for k in rows[0] if k.startswith("act_")]
     assert acts and [rows[0][k] for k in acts] == [rows[1][k] for k in acts]
+
+
+def _probe_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Cross-entropy in float64 numpy: an independent reference for the unperturbed probe loss."""
+    with torch.no_grad():
+        z = model(x).double().numpy()
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    return float(np.mean(lse - z[np.arange(len(z)), y.numpy()]))
+
+
+def test_sharpness_every_kth_step_measures_then_repeats_and_says_so():
+    """every_n_steps=3: steps 1, 4, 7 measure the model as it is then; the steps between repeat the
+    last measurement; a branch restored from a state dict carries on the same schedule."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, CLASSES))
+    x, y = torch.randn(32, 8), torch.randint(0, CLASSES, (32,))
+    cfg = load_config("minimal", overrides=["loss_landscape.enabled=true", "loss_landscape.every_n_steps=3"])
+    tracker = DiagnosticTracker(model, cfg, num_classes=CLASSES)
+    tracker.set_probe_batch(x, y)
+    specs = {s.name: s for s in tracker.schema.specs}
+    assert "once in every 3 decision steps" in specs["sharpness_mean"].description
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    rows, expected, saved = [], [], None
+    for step in range(7):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()  # the model changes every step, so a repeated value can only be a carried one
+        expected.append(_probe_loss(model, x, y) if step % 3 == 0 else expected[-1])
+        if step == 4:
+            saved = tracker.state_dict()
+        rows.append(tracker.end_step())
+    assert [r["probe_loss"] for r in rows] == pytest.approx(expected, rel=1e-5)
+    assert len({r["probe_loss"] for r in rows}) == 3
+    assert rows[1]["sharpness_mean"] == rows[0]["sharpness_mean"] != rows[3]["sharpness_mean"]
+    tracker.load_state_dict(saved)
+    assert tracker.end_step()["probe_loss"] == rows[4]["probe_loss"]  # step 6 of the branch: a repeat
