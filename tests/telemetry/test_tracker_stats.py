@@ -17,6 +17,7 @@ from support.models import LIFECYCLE, TinyNet
 from torch import nn
 
 from telemetry.config import load_config
+from telemetry.probes import activations
 from telemetry.probes.gradient_reservoir import percentile_error_bound
 from telemetry.seed_status import SeedStage, SeedStatus
 from telemetry.tracker import DiagnosticTracker
@@ -263,7 +264,11 @@ def test_weight_norms_match_float64_norms_at_the_end_of_the_step():
             assert close(row[f"weight_norm_{name}"], float(np.sqrt(np.sum(w * w))), rel=1e-6), name
 
 
-def test_activation_statistics_match_own_hooks_on_the_validation_pass_only():
+@pytest.mark.parametrize("exact_below", [1 << 24, 7, 1])  # default; batch halves; one sample, integer sum
+def test_activation_statistics_match_own_hooks_on_the_validation_pass_only(monkeypatch, exact_below):
+    """Counts are float32 sums, exact below 2**24 per channel: lowering that limit forces the
+    halving of the batch and the integer fallback, which must count exactly the same."""
+    monkeypatch.setattr(activations, "_EXACT_FLOAT32", exact_below)
     torch.manual_seed(6)
     model = TinyNet()
     with torch.no_grad():  # dead units by construction: 2 of 4 conv channels, 10 of 40 fc1 units
