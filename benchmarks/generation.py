@@ -64,11 +64,16 @@ VARIANTS = {"minimal": ("minimal", 0.0), "diagnostic": ("diagnostic", 0.0),
             "diagnostic+counterfactual": ("diagnostic", GenerationSpec.counterfactual_fraction)}
 
 
+def _rotated(names: list[str], k: int) -> list[str]:
+    """The order of repetition k: each variant goes first in turn, so load drift hits all alike."""
+    return names[k % len(names):] + names[:k % len(names)]
+
+
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
     times: dict[str, list[float]] = defaultdict(list)
     names = list(VARIANTS)
     for rep in range(args.reps):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
+        for name in _rotated(names, rep):
             profile, cf = VARIANTS[name]
             spec = GenerationSpec(load_config(profile), dataset=args.dataset, epochs=args.epochs, rng_seed=args.seed,
                                   counterfactual_fraction=cf)
@@ -258,7 +263,7 @@ def schedules(args: argparse.Namespace) -> dict[str, Any]:
         for spec in specs.values():
             run_episode(replace(spec, epochs=2), 0, data)  # warm-up: lazy imports and caches
         for i in range(args.episodes):
-            for name in names[i % len(names):] + names[:i % len(names)]:
+            for name in _rotated(names, i):
                 start = time.process_time()
                 run_episode(specs[name], i, data)
                 seconds[name].append(time.process_time() - start)
@@ -291,15 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.schedules:
         if args.quick:
             args.episodes, args.epochs = 2, 10
-        result = schedules(args)
-        if args.json:
-            print(json.dumps(result))
-            return 0
-        print(f"{args.episodes} episodes x {args.epochs} epochs on {args.dataset}, one thread, CPU time, "
-              f"minimal {result['cpu_seconds_per_episode']['minimal']:.3f} s/episode (medians)")
-        for name, ratio in result["over_minimal"].items():
-            print(f"  {name:<60} {ratio:6.3f} x minimal  {' '.join(result['overrides'][name])}")
-        return 0
+        return _report_schedules(args)
     if args.against:
         if args.quick:
             args.episodes, args.epochs, args.reps = 3, 10, 2
@@ -340,6 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     for prof, b in result["breakdown"].items():
         shares = ", ".join(f"{k.removesuffix('_share')} {v:.1%}" for k, v in b.items() if k.endswith("_share"))
         print(f"  {prof:<10} {b['seconds_per_episode']:.2f} s/episode on one thread; {shares}")
+    return 0
+
+
+def _report_schedules(args: argparse.Namespace) -> int:
+    result = schedules(args)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.episodes} episodes x {args.epochs} epochs on {args.dataset}, one thread, CPU time, "
+          f"minimal {result['cpu_seconds_per_episode']['minimal']:.3f} s/episode (medians)")
+    for name, ratio in result["over_minimal"].items():
+        print(f"  {name:<60} {ratio:6.3f} x minimal  {' '.join(result['overrides'][name])}")
     return 0
 
 

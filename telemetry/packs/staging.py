@@ -197,7 +197,10 @@ class TableStream:
         self._sealed = False  # the last rows and the closes are sent: finish() only waits
 
     def append(self, rows: pa.Table, selected: np.ndarray | None = None) -> None:
-        """Queue `rows`, or only those where `selected` is True, copied when their row group is written."""
+        """Queue `rows`, or only those where `selected` is True, copied when their row group is written
+        (all of them selected, as for one episode or one split, is no copy at all)."""
+        if selected is not None and selected.all():
+            selected = None
         n = rows.num_rows if selected is None else int(selected.sum())
         if n == 0:
             return

@@ -253,13 +253,11 @@ class PackWriter:
         step_codes = codes[pc.index_in(steps.column("episode_id"), value_set=episodes.column("episode_id"))
                            .to_numpy(zero_copy_only=False)] if steps.num_rows else codes[:0]
         for code in np.unique(codes):
-            selected = codes == code
-            self._stream("episodes", names[code]).append(episodes, None if selected.all() else selected)
+            self._stream("episodes", names[code]).append(episodes, codes == code)
         for start in range(0, steps.num_rows, ROW_GROUP_ROWS):  # slices: routing overlaps encoding
             chunk, chunk_codes = steps.slice(start, ROW_GROUP_ROWS), step_codes[start:start + ROW_GROUP_ROWS]
             for code in np.unique(chunk_codes):
-                selected = chunk_codes == code  # one episode, or one split: all of them, and no copy
-                self._stream("steps", names[code]).append(chunk, None if selected.all() else selected)
+                self._stream("steps", names[code]).append(chunk, chunk_codes == code)
         self._known_ids.update(ids)
         self._next_index += len(ids)
         return splits
