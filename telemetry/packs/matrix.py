@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from telemetry.errors import PackError
 
 _WORKERS = max(2, min(8, os.cpu_count() or 2))
-_BLOCK_ROWS = 4096  # rows of the matrix written at a time: 4096 x 155 float32 is 2.5 MB
+_BLOCK_ROWS = 8192  # rows of the matrix written at a time: 8192 x 155 float32 is 5 MB
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ def read_matrix(paths: Sequence[Path], rows: int | None, names: Sequence[str], l
     elif sum(g.rows for g in groups) != rows:
         raise ValueError(f"the steps files hold {sum(g.rows for g in groups)} rows but manifest.json lists {rows}")
     total = sum(g.rows for g in groups)
-    out = Matrix(np.empty((total, len(names)), dtype=np.float32), np.empty(total, dtype=np.int64),
-                 np.empty((total, len(actions)), dtype=bool))
+    out = Matrix(_pooled((total, len(names)), np.float32), _pooled((total,), np.int64),
+                 _pooled((total, len(actions)), np.bool_))
     fill(groups, out, names, label_column, actions, centre, scale, no_action, keep)
     return out
 
@@ -121,29 +121,51 @@ def fill(groups: Sequence[RowGroup], out: Matrix, names: Sequence[str], label_co
             future.result()
 
 
+def _pooled(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+    """An uninitialised array in memory from Arrow's default pool rather than a fresh mapping.
+
+    A matrix of a million rows is hundreds of megabytes. Fresh pages cost the kernel 0.2 s to
+    fault in (4 KB pages) and up to 1.5 s when it must compact memory for huge pages, differently
+    on every call. Arrow's pool (the one `pq.read_table` decodes into) keeps freed memory for the
+    next allocation, so a second load of the same size faults nothing. The array keeps its buffer
+    alive (numpy holds the exporter), and so does the torch tensor made from it.
+    """
+    count = int(np.prod(shape))
+    buffer = pa.allocate_buffer(count * np.dtype(dtype).itemsize)
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+
+
 def _features(table: pa.Table, names: Sequence[str], dest: np.ndarray, centre: np.ndarray | None,
               scale: np.ndarray | None) -> None:
-    """Each column into its column of `dest`, _BLOCK_ROWS rows at a time, so that the block of `dest`
-    being written stays in cache while every column passes (a whole column at a time would pull each
-    cache line of the matrix in once per column)."""
-    values, nulls = [], []
-    for j, name in enumerate(names):
-        chunks = table.column(name)
-        column = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
-        v = column.to_numpy(zero_copy_only=False)
-        if centre is not None:
-            v = v.astype(np.float32)
-            v -= centre[j]
-            v /= scale[j]
-        values.append(v)
-        if column.null_count:
-            nulls.append((j, column.is_null().to_numpy(zero_copy_only=False)))
+    """The columns into `dest`, _BLOCK_ROWS rows at a time: each block of columns is first copied
+    contiguously into a column-major buffer (one np.stack), then transposed into its rows by
+    torch's cache-blocked transpose. Writing each column straight into its strided place in the
+    rows, as before, cost 40% more. Nulls are resolved in each contiguous column first: filling
+    them in `dest` afterwards was a strided pass per column that cost as much as the scatter."""
+    import torch
+
+    values = [_column(table.column(name), None if centre is None else (centre[j], scale[j]))
+              for j, name in enumerate(names)]
+    staging = np.empty((len(values), min(_BLOCK_ROWS, len(dest))), dtype=np.float32)
     for start in range(0, len(dest), _BLOCK_ROWS):
-        block = dest[start:start + _BLOCK_ROWS]
-        for j, v in enumerate(values):
-            block[:, j] = v[start:start + _BLOCK_ROWS]
-    for j, null in nulls:  # after standardising: a null lands on the mean
-        dest[null, j] = 0.0
+        n = min(_BLOCK_ROWS, len(dest) - start)
+        block = staging if n == staging.shape[1] else np.empty((len(values), n), dtype=np.float32)
+        np.stack([v[start:start + n] for v in values], axis=0, out=block)
+        torch.from_numpy(dest[start:start + n]).copy_(torch.from_numpy(block).T)
+
+
+def _column(chunks: pa.ChunkedArray, standardise: tuple[float, float] | None) -> np.ndarray:
+    """One feature as a contiguous numpy vector: standardised when asked, nulls 0.0 (after
+    standardising, so a null lands on the mean); NaN and Inf values pass through."""
+    column = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
+    if standardise is None:
+        return (pc.fill_null(column, 0) if column.null_count else column).to_numpy(zero_copy_only=False)
+    v = column.to_numpy(zero_copy_only=False).astype(np.float32)
+    v -= standardise[0]
+    v /= standardise[1]
+    if column.null_count:
+        v[column.is_null().to_numpy(zero_copy_only=False)] = 0.0
+    return v
 
 
 def _masks(mask: pa.Array, dest: np.ndarray) -> None:

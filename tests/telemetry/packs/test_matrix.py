@@ -51,3 +51,28 @@ def test_many_row_groups_and_files_fill_the_matrix_as_the_rows_say(tmp_path, row
     one = pack.tensors(split="test")
     assert one.features.shape[0] == pack.manifest.split_stats["test"].steps
     assert pa.types.is_float32(pa.from_numpy_dtype(one.features.numpy().dtype))
+
+
+def test_a_loaded_matrix_keeps_its_memory_while_later_loads_reuse_the_pool(tmp_path):
+    """The matrix lives in memory from Arrow's pool, which recycles freed memory: a tensor still in
+    use must own its memory (not see a later load's rows), and must be an ordinary writable tensor."""
+    import gc
+    import warnings
+
+    write_pack(tmp_path / "a", make_episodes(0, 6, steps=5))
+    write_pack(tmp_path / "b", make_episodes(100, 6, steps=5, seed=1))
+    kept = open_pack(tmp_path / "a").tensors()
+    reference = kept.features.clone()
+    for _ in range(3):  # loads whose memory is freed at once, then one that stays
+        open_pack(tmp_path / "b").tensors()
+        gc.collect()
+        pa.default_memory_pool().release_unused()
+    later = open_pack(tmp_path / "b").tensors()
+    later.features.fill_(7.0)
+    later.actions.fill_(3)
+    assert kept.features.data_ptr() != later.features.data_ptr()
+    np.testing.assert_array_equal(kept.features.numpy(), reference.numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it wraps a read-only array
+        kept.features.add_(1.0)
+    np.testing.assert_array_equal(kept.features.numpy(), reference.numpy() + 1.0)
