@@ -91,26 +91,25 @@ class ColumnStats(BaseModel):
             values = values.combine_chunks()
         x = values.to_numpy(zero_copy_only=False)
         count = len(x)
-        if x.dtype.kind == "f":
-            finite = np.isfinite(x)
-            if not finite.all():
-                x = x[finite]
+        total = float(np.add.reduce(x, dtype=np.float64))
+        if not math.isfinite(total) and x.dtype.kind == "f":  # finite float32 values never overflow this sum
+            x = x[np.isfinite(x)]
+            total = float(np.add.reduce(x, dtype=np.float64))
         nonfinite = count - len(x)
         if len(x) == 0:
             return cls(count=count, null_count=nulls, nonfinite_count=nonfinite)
-        mean, m2 = _moments(x)
+        mean, m2 = _moments(x, total / len(x))
         return cls(count=count, null_count=nulls, nonfinite_count=nonfinite,
                    min=float(x.min()), max=float(x.max()), mean=mean, m2=m2)
 
 
-def _moments(x: np.ndarray) -> tuple[float, float]:
+def _moments(x: np.ndarray, mean: float) -> tuple[float, float]:
     """Mean and M2 accumulated in float64 without a float64 copy of float32 data.
 
     Deviations are taken from the mean rounded to the data's dtype, then corrected exactly
     (sum (x-c)^2 = M2 + n (mean-c)^2), which keeps float32 columns about 3x cheaper to summarise.
     """
     n = len(x)
-    mean = float(np.add.reduce(x, dtype=np.float64)) / n
     m2 = math.inf
     if x.dtype == np.float32:
         centre = np.float32(mean)

@@ -64,7 +64,8 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     names = table.column_names
     if len(set(names)) != len(names):
         raise PackError(f"{what}: a column name appears twice")
-    unknown = [n for n in names if n not in schema.names]
+    known = set(schema.names)  # schema.names builds a new list on every access
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise PackError(f"{what}: unknown column {unknown[0]!r}; expected a feature name or a fixed column "
                         "of the pack schema")
