@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -104,7 +105,12 @@ class Pack:
     def files(self, table: Table = "steps", split: str | Sequence[str] | None = None) -> list[Path]:
         """Checked paths of the committed files of a table, in commit order."""
         table, splits = _table(table), self._splits(split)
-        paths = [self._checked(e) for e in self.manifest.files_of(table, splits)]
+        entries = self.manifest.files_of(table, splits)
+        unverified = [e for e in entries if e.path not in self._verified]
+        if self.verify and len(unverified) > 1:  # hashing releases the GIL: files are checked side by side
+            with ThreadPoolExecutor(max_workers=min(len(unverified), os.cpu_count() or 1)) as pool:
+                list(pool.map(self._checked, unverified))  # the first damaged file in commit order raises
+        paths = [self._checked(e) for e in entries]
         for name in splits:
             self._check_counts(table, name)
         return paths
@@ -337,6 +343,10 @@ class Pack:
         pack's (rows of several packs standardised alike). NaN and Inf values pass through
         unchanged. Integer features become float32 (exact up to 2**24, which covers epochs,
         stages and slot counts).
+
+        The arrays live in memory from Arrow's default pool, like `read_table`'s: once freed, it
+        is kept for the next load rather than returned to the system
+        (`pyarrow.default_memory_pool().release_unused()` returns it).
         """
         names = self.feature_names(features)
         centre, scale = self.normalization(names, normalize)

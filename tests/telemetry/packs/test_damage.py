@@ -302,3 +302,16 @@ def test_a_quick_stat_dropped_by_hand_is_refused_when_the_manifest_is_read(pack:
         code, _, err = run_cli(capsys, command, str(pack), *(["SELECT 1"] if command == "query" else []))
         assert code == 2 and err.count("\n") == 1, err
         assert "split_stats.train.columns.val_loss" in err and "finite values but no min, max or mean" in err
+
+
+def test_with_several_damaged_files_the_first_in_commit_order_is_named(pack: Path, tmp_path: Path) -> None:
+    """Files are hashed side by side; which one finishes first must not decide which one is reported."""
+    entries = read_manifest(pack).files_of("steps")
+    assert len(entries) >= 2
+    for entry in (entries[0], entries[-1]):
+        _flip_a_bit(pack, entry, tmp_path)
+    for _ in range(5):
+        with pytest.raises(PackError, match="sha256 does not match") as caught:
+            open_pack(pack).tensors()
+        assert str(pack / entries[0].path) in str(caught.value)
+        assert str(pack / entries[-1].path) not in str(caught.value)
