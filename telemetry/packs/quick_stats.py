@@ -91,7 +91,8 @@ class ColumnStats(BaseModel):
             values = values.combine_chunks()
         x = values.to_numpy(zero_copy_only=False)
         count = len(x)
-        total = float(np.add.reduce(x, dtype=np.float64))
+        with np.errstate(invalid="ignore", over="ignore"):  # Inf - Inf: a NaN that says to look closer
+            total = float(np.add.reduce(x, dtype=np.float64))
         if not math.isfinite(total) and x.dtype.kind == "f":  # finite float32 values never overflow this sum
             x = x[np.isfinite(x)]
             total = float(np.add.reduce(x, dtype=np.float64))

@@ -141,3 +141,13 @@ def test_quick_stats_round_trip_through_json():
     assert data["accuracy_range"] == [1.0, 2.0] and data["seed_success_rate"] == 0.25
     assert data["columns"]["x"]["std"] == 0.5
     assert QuickStats.model_validate(data) == stats
+
+
+def test_infinities_of_both_signs_are_counted_without_a_numpy_warning():
+    """A diverged run writes +Inf and -Inf; summarising them must not print warnings on every row group."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = ColumnStats.of(pa.array([np.inf, -np.inf, 1.0, 3.0, np.nan], pa.float32()))
+    assert (stats.count, stats.nonfinite_count, stats.min, stats.max, stats.mean) == (5, 3, 1.0, 3.0, 2.0)
