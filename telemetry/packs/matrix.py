@@ -67,9 +67,9 @@ def read_matrix(paths: Sequence[Path], rows: int | None, names: Sequence[str], l
     keep = None
     if episodes is not None:
         groups, keep = _selected(groups, pa.array(list(episodes), pa.string()))
-    elif sum(g.rows for g in groups) != rows:
-        raise ValueError(f"the steps files hold {sum(g.rows for g in groups)} rows but manifest.json lists {rows}")
     total = sum(g.rows for g in groups)
+    if episodes is None and total != rows:
+        raise ValueError(f"the steps files hold {total} rows but manifest.json lists {rows}")
     out = Matrix(_pooled((total, len(names)), np.float32), _pooled((total,), np.int64),
                  _pooled((total, len(actions)), np.bool_))
     fill(groups, out, names, label_column, actions, centre, scale, no_action, keep)

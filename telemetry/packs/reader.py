@@ -106,11 +106,13 @@ class Pack:
         """Checked paths of the committed files of a table, in commit order."""
         table, splits = _table(table), self._splits(split)
         entries = self.manifest.files_of(table, splits)
-        unverified = [e for e in entries if e.path not in self._verified]
-        if self.verify and len(unverified) > 1:  # hashing releases the GIL: files are checked side by side
-            with ThreadPoolExecutor(max_workers=min(len(unverified), os.cpu_count() or 1)) as pool:
-                list(pool.map(self._checked, unverified))  # the first damaged file in commit order raises
-        paths = [self._checked(e) for e in entries]
+        if self.verify and sum(e.path not in self._verified for e in entries) > 1:
+            # hashing releases the GIL: files are checked side by side; map raises the first damaged
+            # file in commit order, whichever finishes first
+            with ThreadPoolExecutor(max_workers=min(len(entries), os.cpu_count() or 1)) as pool:
+                paths = list(pool.map(self._checked, entries))
+        else:
+            paths = [self._checked(e) for e in entries]
         for name in splits:
             self._check_counts(table, name)
         return paths
