@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from telemetry.packs.manifest import Table, named_os_error
 from telemetry.packs.parquet import MAX_FILE_ROWS, ROW_GROUP_ROWS
 from telemetry.packs.quick_stats import QuickStats, merge_all
+from telemetry.packs.writeback import start_writeback
 
 STAGING = "_staging"  # PACK/_staging/: files being written, part of no commit
 _WRITE_BUFFER = 8 << 20
@@ -78,10 +79,15 @@ class FileSink:
         self._stream = pa.output_stream(self._hashing, buffer_size=_WRITE_BUFFER)
         self._writer = pq.ParquetWriter(self._stream, schema, **options)
         self.rows = 0
+        self._flushed = 0  # bytes whose writeback has been started (writeback.py)
 
     def write(self, table: pa.Table) -> None:
         try:
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            self._raw.flush()
+            end = self._raw.tell()
+            start_writeback(self._raw.fileno(), self._flushed, end - self._flushed)
+            self._flushed = end
         except OSError as exc:  # e.g. ENOSPC: say which file (write and fsync errors carry no name)
             raise named_os_error(exc, self.path) from exc
         self.rows += table.num_rows

@@ -6,7 +6,8 @@ file or row group per episode. Every commit is a version folder `PACK/.versions/
 `PACK/current` links to the last one; `PACK/manifest.json`, `PACK/steps` and `PACK/episodes` lead
 through `current` (see commit.py). `commit()` makes buffered rows durable:
 
-1. finish the staged files (their sha256 is computed while the bytes are written) and fsync them;
+1. finish the staged files (their sha256 is computed while the bytes are written, and each row group
+   was sent on its way to disk as it was written: writeback.py) and fsync them;
 2. (commit.py from here) build the next version folder: hard links to the files the commit keeps, then each staged file
    renamed into `<table>/split=<name>/`; fsync the folders;
 3. write the manifest into the version folder and fsync it and the folders;
