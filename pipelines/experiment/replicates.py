@@ -15,6 +15,9 @@ with a given power (noncentral t, exact rather than the normal approximation), a
 `variance_components` is the secondary, mixed-model view of the per-episode values: a one-way
 random-effects model (replicate as a random intercept), estimated by the ANOVA method of moments,
 which gives the share of the variance that lies between replicates (the intraclass correlation).
+
+scipy is imported by the two functions that use it: every `esper` command imports this module (the
+compare command's defaults feed the help text), and `scipy.stats` alone takes half a second.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ def t_interval(means: Sequence[float], confidence: float = 0.95) -> Interval:
     x = np.asarray(means, dtype=np.float64)
     if x.size < 2:
         raise ValueError(f"a t-interval needs at least 2 replicates, got {x.size}")
+    from scipy import stats
+
     m = float(x.mean())
     half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
     return Interval(m, m - half, m + half)
@@ -53,6 +57,8 @@ def power(effect: float, sd: float, replicates: int, alpha: float = 0.05) -> flo
         return 0.0
     if sd <= 0:
         return 1.0 if effect else 0.0
+    from scipy import stats
+
     df = replicates - 1
     critical = stats.t.ppf(1 - alpha / 2, df)
     shift = effect / (sd / math.sqrt(replicates))
