@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from telemetry.cli import Registrar, library_registrars, profiles_registrar, run
+from telemetry.cli import Registrar, command_names, library_registrars, profiles_registrar, run
 
 
 def _reference_host():
@@ -34,7 +34,12 @@ def registrars() -> list[Registrar]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(argv, registrars())
+    """A pack command (inspect, query, validate, ...) is parsed without the pipelines' commands, whose
+    registration imports torch and the training stack: over a second of start-up it never uses."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    library = library_registrars()
+    return run(words, library if command in command_names(library) else registrars())
 
 
 if __name__ == "__main__":

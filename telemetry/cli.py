@@ -190,6 +190,13 @@ def run(argv: Sequence[str] | None, registrars: Sequence[Registrar]) -> int:
         return EXIT_INTERNAL
 
 
+def command_names(registrars: Sequence[Registrar]) -> set[str]:
+    """The commands `registrars` add, e.g. to run a pack command without importing what it never uses."""
+    parser = build_parser(registrars)
+    return {name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices}
+
+
 def library_registrars() -> list[Registrar]:
     from telemetry.packs import cli as pack_cli
 
