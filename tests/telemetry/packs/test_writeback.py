@@ -3,7 +3,8 @@ being written, before any fsync, and a failure to start writeback is an error na
 
 The page cache is read with Linux's cachestat(2) (6.5+), which counts a file's dirty pages; the test
 skips where it is missing. A file written the same way without the sink, left alone for the same time,
-is the control: it must still be dirty (the kernel writes dirty pages back on its own only after 30 s).
+is the control: it is still dirty (the kernel writes dirty pages back on its own after 30 s by default),
+or the machine writes back too eagerly to tell, and the test skips.
 """
 
 from __future__ import annotations
@@ -77,8 +78,11 @@ def test_a_staged_file_is_written_back_before_it_is_fsynced(tmp_path: Path) -> N
     sink.write(table)  # not closed: the close fsyncs; what reached the kernel must be on its way already
     try:
         assert os.path.getsize(sink.path) > 8 << 20
-        assert _wait_clean(sink.path, 10.0) == 0, "the staged file's pages are still dirty without an fsync"
-        assert _dirty_pages(control), "the control file was written back too: the test shows nothing here"
+        clean = _wait_clean(sink.path, 10.0) == 0
+        if not _dirty_pages(control):
+            pytest.skip("this machine wrote the control file back on its own within seconds "
+                        "(vm.dirty_* settings): early writeback cannot be told apart here")
+        assert clean, "the staged file's pages are still dirty without an fsync"
     finally:
         sink.discard()
 
