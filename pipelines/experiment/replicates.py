@@ -16,8 +16,9 @@ with a given power (noncentral t, exact rather than the normal approximation), a
 random-effects model (replicate as a random intercept), estimated by the ANOVA method of moments,
 which gives the share of the variance that lies between replicates (the intraclass correlation).
 
-scipy is imported by the two functions that use it: every `esper` command imports this module (the
-compare command's defaults feed the help text), and `scipy.stats` alone takes half a second.
+scipy is imported by the two functions that use it: every `esper` command of the pipelines imports
+this module (the compare command's defaults feed the help text), and `scipy.stats` alone takes half a
+second.
 """
 
 from __future__ import annotations

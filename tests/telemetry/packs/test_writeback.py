@@ -67,16 +67,17 @@ def _wait_clean(path: Path, seconds: float) -> int:
 def test_a_staged_file_is_written_back_before_it_is_fsynced(tmp_path: Path) -> None:
     control = tmp_path / "control.bin"
     control.write_bytes(np.random.default_rng(1).bytes(8 << 20))
-    if _dirty_pages(control) is None:
+    dirty = _dirty_pages(control)
+    if dirty is None:
         pytest.skip("cachestat(2) is unavailable (Linux 6.5+ only); the page cache cannot be inspected")
-    if not _dirty_pages(control):
+    if not dirty:
         pytest.skip(f"{tmp_path} keeps no dirty pages (a file system without writeback, e.g. tmpfs)")
     if writeback._CALL is None:
         pytest.fail("sync_file_range is unavailable on a Linux with cachestat")
     table = _table(600_000)
     sink = FileSink(tmp_path / "staged.parquet", table.schema, parquet_options(table.schema))
-    sink.write(table)  # not closed: the close fsyncs; what reached the kernel must be on its way already
     try:
+        sink.write(table)  # not closed: the close fsyncs; what reached the kernel must be on its way already
         assert os.path.getsize(sink.path) > 8 << 20
         clean = _wait_clean(sink.path, 10.0) == 0
         if not _dirty_pages(control):
